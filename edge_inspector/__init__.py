@@ -1,0 +1,3 @@
+"""edge-inspector: industrial visual inspection at the edge."""
+
+__version__ = "0.1.0"

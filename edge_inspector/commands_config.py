@@ -1,0 +1,20 @@
+"""``edge-inspector config``: print the defaults or check a line configuration file."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file to check (prints the merged result)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. mqtt.url=mqtt://h:1883")
+
+
+def main(args: argparse.Namespace) -> int:
+    from edge_inspector.config import load_run_config
+
+    config = load_run_config(args.config, args.overrides)
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    return 0

@@ -1,0 +1,267 @@
+"""Typed settings for the line, loaded from YAML, with errors that name the key and what is allowed.
+
+Precedence: defaults < YAML file < ``key=value`` overrides < explicit CLI flags.
+The compile-time presets (model + training) reuse the same machinery (``load_model``) from
+``edge_inspector.model.presets``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edge_inspector.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every settings section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EngineSettings(StrictModel):
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    """auto: TensorRT when a plan matching this GPU and bundle exists, else ONNX Runtime."""
+    intra_op_threads: int = Field(0, ge=0)
+    """ONNX Runtime threads per operator; 0 = one per physical core."""
+    inter_op_threads: int = Field(1, ge=1)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    warmup_runs: int = Field(2, ge=0)
+    plan: str | None = None
+    """Path of a TensorRT plan; default: the newest plan in the bundle's ``plans/`` folder."""
+
+
+class RoiSettings(StrictModel):
+    """Region of interest in full-frame pixels, applied before the model (crop, then rotate)."""
+
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    rotation_deg: float = 0.0
+    """Rotation about the ROI centre, counter-clockwise, so parts lie the way the model was trained."""
+
+
+class CaptureSettings(StrictModel):
+    mode: Literal["auto", "free_run", "triggered"] = "auto"
+    """free_run: judge the newest frame, count drops. triggered: judge every frame/trigger, never drop.
+    auto: triggered for files, folders and the demo; free_run for cameras and streams."""
+    loop: bool = False
+    """Loop an image folder or video file forever."""
+    max_frames: int = Field(0, ge=0)
+    """Stop after this many judged frames (0 = run until the source ends or a signal)."""
+    queue_size: int = Field(4, ge=1)
+    reopen_backoff_s: tuple[float, float] = (0.5, 10.0)
+    """(first, maximum) wait before reopening a camera that stopped delivering; doubles each try."""
+    read_timeout_s: float = Field(5.0, gt=0)
+    """A camera silent for this long is treated as lost and reopened."""
+    width: int | None = Field(None, gt=0)
+    height: int | None = Field(None, gt=0)
+    fps: float | None = Field(None, gt=0)
+    trigger_source: Literal["every_frame", "mqtt"] = "every_frame"
+    """In triggered mode: judge every frame, or only when a software trigger arrives over MQTT."""
+
+
+class DecisionSettings(StrictModel):
+    threshold: float | None = Field(None, gt=0)
+    """Raw image-score threshold; default: the one calibrated into the bundle."""
+    sensitivity: float = Field(0.5, ge=0.0, le=1.0)
+    """0.5 keeps the calibrated threshold; higher rejects more, lower rejects less."""
+    pixel_threshold: float | None = Field(None, gt=0)
+    """Raw anomaly-map threshold for defect regions; default: the bundle's."""
+    min_region_area_px: int = Field(16, ge=0)
+    fail_safe_verdict: Literal["FAIL", "UNKNOWN"] = "FAIL"
+    """Verdict given when inference fails or times out. Never PASS."""
+    inference_timeout_s: float = Field(2.0, gt=0)
+
+
+class TlsSettings(StrictModel):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+class MqttSettings(StrictModel):
+    enabled: bool = True
+    url: str = "mqtt://127.0.0.1:1883"
+    """mqtt://host:port or mqtts://host:port (TLS)."""
+    client_id: str | None = None
+    topic_prefix: str = "edge-inspector"
+    """Topics: <prefix>/<station>/result, /status (retained), /heartbeat, /cmd, /cmd/response."""
+    qos: Literal[0, 1, 2] = 1
+    keepalive_s: int = Field(30, ge=5)
+    heartbeat_s: float = Field(10.0, gt=0)
+    username_env: str = "EDGE_INSPECTOR_MQTT_USERNAME"
+    """Name of the environment variable holding the user name (secrets never live in the YAML)."""
+    password_env: str = "EDGE_INSPECTOR_MQTT_PASSWORD"
+    tls: TlsSettings | None = None
+    spool_dir: str = "var/spool"
+    spool_max_mb: float = Field(256.0, gt=0)
+    include_mask: bool = False
+    """Attach the defect mask as base64 PNG to FAIL results (bigger messages)."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("mqtt://", "mqtts://", "tcp://", "ssl://")):
+            raise ValueError("must start with mqtt:// or mqtts://, e.g. mqtt://127.0.0.1:1883")
+        return value
+
+
+class ArchiveSettings(StrictModel):
+    enabled: bool = True
+    dir: str = "var/archive"
+    max_mb: float = Field(2048.0, gt=0)
+    pass_sample_rate: float = Field(0.01, ge=0.0, le=1.0)
+    """Fraction of PASS frames kept; every FAIL is kept until the cap, oldest PASS deleted first."""
+
+
+class HttpSettings(StrictModel):
+    port: int = Field(0, ge=0, le=65535)
+    """/metrics, /healthz, /readyz, /preview.jpg on this port; 0 = off."""
+    host: str = "127.0.0.1"
+
+
+class LoggingSettings(StrictModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    json_lines: bool = False
+
+
+class RunConfig(StrictModel):
+    """Everything ``edge-inspector run`` needs. Every key can be set in YAML or as ``section.key=value``."""
+
+    station: str = "station-1"
+    model: str = "models/demo"
+    """Model bundle folder."""
+    source: str = "demo"
+    """Camera index (0), video file, rtsp:// URL, image folder, or 'demo'."""
+    show: bool = False
+    engine: EngineSettings = EngineSettings()
+    capture: CaptureSettings = CaptureSettings()
+    roi: RoiSettings | None = None
+    decision: DecisionSettings = DecisionSettings()
+    mqtt: MqttSettings = MqttSettings()
+    archive: ArchiveSettings = ArchiveSettings()
+    http: HttpSettings = HttpSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _model_at(model_cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the key at ``loc`` (for listing the allowed keys)."""
+    current: Any = model_cls
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def format_validation_error(error: ValidationError, model_cls: type[BaseModel], origin: str) -> str:
+    """One line per problem: the dotted key, what was given, and what is allowed."""
+    lines = [f"Invalid configuration ({origin}):"]
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if not isinstance(p, int) or True)
+        key = ".".join(str(p) for p in loc)
+        if item["type"] == "extra_forbidden":
+            owner = _model_at(model_cls, loc)
+            allowed = sorted(owner.model_fields) if owner else []
+            hint = _did_you_mean(str(loc[-1]), allowed)
+            lines.append(f"  {key}: unknown key.{hint} Allowed here: {', '.join(allowed)}")
+        else:
+            given = item.get("input")
+            lines.append(f"  {key}: {item['msg']} (got {given!r})")
+    return "\n".join(lines)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["mqtt.url=mqtt://h:1883", "decision.sensitivity=0.7"]`` into a nested dict.
+
+    Values are parsed as YAML scalars (numbers, booleans, null, lists), never evaluated as code;
+    pydantic then converts them to each field's type.
+    """
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"Override '{pair}' is not key=value (e.g. decision.sensitivity=0.6)")
+        key, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        target = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"Override '{pair}' conflicts with another override of '{part}'")
+        target[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping at the top level, not {type(data).__name__}")
+    return data
+
+
+def load_model(model_cls: type[M], data: dict[str, Any], origin: str) -> M:
+    """Validate ``data`` into ``model_cls``, turning pydantic's errors into a ConfigError that names keys."""
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model_cls, origin)) from None
+
+
+def load_run_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    explicit: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults < YAML file < key=value overrides < explicit (CLI flag) values."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    data = deep_merge(data, parse_overrides(overrides or []))
+    data = deep_merge(data, explicit or {})
+    origin = str(path) if path else "defaults and command line"
+    return load_model(RunConfig, data, origin)
+
+
+def dump_defaults() -> str:
+    """The default line configuration as YAML (``edge-inspector config --defaults``)."""
+    return yaml.safe_dump(RunConfig().model_dump(mode="json"), sort_keys=False)
