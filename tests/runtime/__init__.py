@@ -1,0 +1,1 @@
+"""Test package (so tests can import shared fixtures as tests.fixtures.*)."""
