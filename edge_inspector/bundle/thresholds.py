@@ -1,0 +1,90 @@
+"""Thresholds from scores (numpy only, so both halves can use it).
+
+Two ways to set a threshold on a raw score:
+
+- ``quantile_threshold``: from good images alone, for a target false-reject rate (what a line has on day one).
+- ``f1_threshold``: the F1-optimal threshold on labelled scores (when defects with labels exist).
+
+Convention everywhere: ``score >= threshold`` means FAIL / defect.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# The manifest requires thresholds > 0; anomaly scores are >= 0, so a degenerate all-zero set still gets a usable value.
+_MIN_THRESHOLD = 1e-12
+
+
+def quantile_threshold(good_scores: np.ndarray, target_false_reject_rate: float) -> float:
+    """Threshold that rejects about ``target_false_reject_rate`` of good parts.
+
+    Uses the empirical (1 - rate) quantile of the good scores, taking the next observed value above it
+    (``method='higher'``) so that on these scores the rejected fraction never exceeds the target.
+    Scores exactly at the top are nudged up by one float step so ``score >= threshold`` holds for none of them
+    when the target is 0.
+
+    Args:
+        good_scores: raw scores of known-good images (any shape; flattened).
+        target_false_reject_rate: fraction of good parts one accepts to reject, in [0, 1).
+
+    Raises:
+        ValueError: empty scores or a rate outside [0, 1).
+    """
+    scores = np.asarray(good_scores, np.float64).ravel()
+    if scores.size == 0:
+        raise ValueError("no good scores to set a threshold from")
+    if not 0 <= target_false_reject_rate < 1:
+        raise ValueError(f"target_false_reject_rate must be in [0, 1), got {target_false_reject_rate}")
+    value = float(np.quantile(scores, 1.0 - target_false_reject_rate, method="higher"))
+    # score >= threshold fails: step just above the chosen good score so it (and ties) still pass.
+    threshold = float(np.nextafter(value, np.inf))
+    return max(threshold, _MIN_THRESHOLD)
+
+
+def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """F1-optimal threshold on labelled scores.
+
+    Every distinct score is a candidate threshold; the one with the highest F1 for ``score >= threshold`` wins
+    (the highest threshold among ties, i.e. the most conservative against false rejects).
+
+    Args:
+        scores: raw scores (any shape; flattened).
+        labels: same shape; truthy = defect.
+
+    Returns:
+        (threshold, f1).
+
+    Raises:
+        ValueError: shapes differ or there is no positive label.
+    """
+    s = np.asarray(scores, np.float64).ravel()
+    y = np.asarray(labels).astype(bool).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} differ in size")
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise ValueError("no positive (defect) labels: an F1 threshold needs defects")
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    tp = np.cumsum(y_sorted)
+    fp = np.cumsum(~y_sorted)
+    # Only the last index of each run of equal scores is a valid cut (ties fall on the same side).
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+    tp, fp, cut = tp[last], fp[last], s_sorted[last]
+    f1 = 2 * tp / (tp + fp + n_pos)
+    best = int(np.argmax(f1))
+    return max(float(cut[best]), _MIN_THRESHOLD), float(f1[best])
+
+
+def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """Precision, recall and F1 of ``score >= threshold`` against ``labels``."""
+    pred = np.asarray(scores).ravel() >= threshold
+    y = np.asarray(labels).astype(bool).ravel()
+    tp = int(np.sum(pred & y))
+    fp = int(np.sum(pred & ~y))
+    fn = int(np.sum(~pred & y))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
