@@ -1,0 +1,219 @@
+"""Prepare a bundle's graph for a strongly typed TensorRT build: precision lives in the graph, not in builder flags.
+
+TensorRT 11 removed the FP16/INT8 builder flags and per-layer precision setters; a strongly typed network runs every
+tensor in the type the graph gives it. So the float parts of the bundle graph are converted to FP16 here, except:
+
+* nodes the manifest pins to FP32 (``quantization.keep_fp32_nodes``) and op types that must stay FP32 (Softmax:
+  the attention path needs the range; DESIGN §4), which get Casts around them;
+* Q/DQ pairs, which stay where they are (their scales become FP16, so a DequantizeLinear feeds an FP16 conv and
+  TensorRT can fuse Q/DQ + conv into an INT8 kernel);
+* the graph boundary: the uint8 image input stays uint8, and the float32 outputs stay float32 (a Cast at the end).
+
+The FP16 conversion itself is ONNX Runtime's maintained converter (``onnxruntime.transformers.float16``). The
+prepared graph is checked with ``onnx.checker`` (full type inference) and can be run in ONNX Runtime on the CPU
+against the original: the score drift of the FP16 graph is the part of the TensorRT error that comes from FP16
+rounding alone. Nothing here imports TensorRT.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from edge_inspector.bundle.store import Bundle, load_bundle, write_bundle
+from edge_inspector.errors import BundleError
+from edge_inspector.log import kv
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FP32_OP_TYPES = ("Softmax",)
+"""Op types kept in FP32 on every build, whatever the manifest says."""
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+FP16_SCALE_OPSET = 19
+"""First opset whose QuantizeLinear/DequantizeLinear accept FP16 scales."""
+PREPARED_KEY = "edge_inspector.prepared_for"
+
+
+@dataclass
+class PreparationReport:
+    """What the preparation did, for the build log and the plan side-car."""
+
+    opset: int
+    converted_nodes: int
+    """Nodes outside the FP32 pins: their float tensors are FP16 now."""
+    fp32_nodes: list[str] = field(default_factory=list)
+    """Names of nodes left in FP32 (pinned by the manifest or by op type)."""
+    qdq_nodes: int = 0
+    casts_added: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "opset": self.opset, "converted_nodes": self.converted_nodes, "fp32_nodes": self.fp32_nodes,
+            "qdq_nodes": self.qdq_nodes, "casts_added": self.casts_added, "warnings": self.warnings,
+        }
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            return int(opset.version)
+    raise BundleError("the graph declares no default-domain opset")
+
+
+def check_tensorrt_boundary(model: onnx.ModelProto) -> None:
+    """Refuse a graph whose boundary TensorRT cannot take, before any build time is spent.
+
+    TensorRT accepts a uint8 network input only when it goes straight into a Cast, and the bundle contract wants
+    float32 outputs.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for graph_input in model.graph.input:
+        if graph_input.type.tensor_type.elem_type != TensorProto.UINT8:
+            continue
+        bad = [f"{n.name or '?'} ({n.op_type})" for n in consumers.get(graph_input.name, []) if n.op_type != "Cast"]
+        if bad:
+            raise BundleError(
+                f"graph input '{graph_input.name}' is uint8 and feeds {bad}; TensorRT needs a uint8 input to go "
+                "straight into a Cast. Re-export the graph with a Cast right after the input."
+            )
+    for graph_output in model.graph.output:
+        if graph_output.type.tensor_type.elem_type != TensorProto.FLOAT:
+            dtype = TensorProto.DataType.Name(graph_output.type.tensor_type.elem_type)
+            raise BundleError(f"graph output '{graph_output.name}' is {dtype}; the bundle contract wants float32")
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` so every node comes after its producers (the converter appends its Casts at the end)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            names = [n.name or n.op_type for n in pending[:5]]
+            raise BundleError(f"graph has a cycle or dangling inputs around nodes {names}")
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+    copies = [onnx.NodeProto() for _ in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def prepare_graph(
+    model: onnx.ModelProto,
+    keep_fp32_nodes: list[str] | tuple[str, ...] = (),
+    keep_fp32_op_types: tuple[str, ...] = DEFAULT_FP32_OP_TYPES,
+) -> tuple[onnx.ModelProto, PreparationReport]:
+    """Return an FP16 copy of ``model`` for a strongly typed build, and what was done.
+
+    Raises:
+        BundleError: a pinned node does not exist, or the graph boundary is not one TensorRT takes.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    check_tensorrt_boundary(model)
+    names = {n.name for n in model.graph.node}
+    unknown = sorted(set(keep_fp32_nodes) - names)
+    if unknown:
+        raise BundleError(f"the manifest pins FP32 on nodes the graph does not have: {unknown}")
+    opset = default_opset(model)
+    block_ops = set(keep_fp32_op_types)
+    warnings = []
+    qdq = sum(n.op_type in QDQ_OPS for n in model.graph.node)
+    if qdq and opset < FP16_SCALE_OPSET:
+        # FP16 scales need opset 19; older Q/DQ stay FP32 behind Casts, which can cost TensorRT its INT8 fusions.
+        block_ops |= set(QDQ_OPS)
+        warnings.append(
+            f"opset {opset} < {FP16_SCALE_OPSET}: Q/DQ kept in FP32 behind Casts; export at opset >= "
+            f"{FP16_SCALE_OPSET} so TensorRT can fuse them into INT8 kernels"
+        )
+    pinned = sorted(n.name or n.op_type for n in model.graph.node if n.name in keep_fp32_nodes or n.op_type in block_ops)
+    nodes_before = len(model.graph.node)
+    source = onnx.ModelProto()
+    source.CopyFrom(model)
+    try:
+        prepared = convert_float_to_float16(
+            source, keep_io_types=True, op_block_list=sorted(block_ops), node_block_list=list(keep_fp32_nodes)
+        )
+    except Exception as exc:  # the converter raises plain Exceptions/asserts on graphs it cannot type
+        raise BundleError(f"FP16 conversion failed: {exc}") from exc
+    topological_sort(prepared.graph)
+    prepared.metadata_props.add(key=PREPARED_KEY, value="tensorrt-strongly-typed-fp16")
+    try:
+        onnx.checker.check_model(prepared, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise BundleError(f"the FP16-prepared graph fails onnx.checker: {exc}") from exc
+    counts = Counter(n.op_type for n in prepared.graph.node)
+    report = PreparationReport(
+        opset=opset,
+        converted_nodes=nodes_before - len(pinned),
+        fp32_nodes=pinned,
+        qdq_nodes=qdq,
+        casts_added=len(prepared.graph.node) - nodes_before,
+        warnings=warnings,
+    )
+    for warning in warnings:
+        log.warning(warning)
+    log.info("graph prepared for TensorRT", extra=kv(casts=counts.get("Cast", 0), **report.to_dict()))
+    return prepared, report
+
+
+def prepare_bundle_graph(
+    bundle: Bundle, out_path: str | Path, keep_fp32_op_types: tuple[str, ...] = DEFAULT_FP32_OP_TYPES
+) -> PreparationReport:
+    """Prepare ``bundle``'s graph (pins from its manifest) and save it to ``out_path``."""
+    try:
+        model = onnx.load(str(bundle.onnx_path))
+    except Exception as exc:  # DecodeError, OSError...
+        raise BundleError(f"{bundle.onnx_path} is not a readable ONNX model: {exc}") from exc
+    prepared, report = prepare_graph(model, bundle.manifest.quantization.keep_fp32_nodes, keep_fp32_op_types)
+    onnx.save(prepared, str(out_path))
+    return report
+
+
+def bundle_with_graph(bundle: Bundle, graph_path: str | Path, out_dir: str | Path) -> Bundle:
+    """A copy of ``bundle`` whose graph is ``graph_path`` (same manifest, new hash), e.g. to run the FP16 graph in
+    ONNX Runtime through the ordinary engine."""
+    manifest = bundle.manifest.model_copy(deep=True)
+    manifest.model_id = f"{manifest.model_id}-fp16"
+    written = write_bundle(out_dir, graph_path, manifest, bundle.calibration_images())
+    return load_bundle(written.path)
+
+
+def verify_prepared(bundle: Bundle, prepared_path: str | Path, max_images: int = 8):
+    """Run the original and the prepared graph in ONNX Runtime (CPU) on the calibration images and compare.
+
+    Returns:
+        a ``parity.ParityReport`` (prepared graph as the candidate) judged by the manifest's parity tolerances.
+    """
+    from edge_inspector.engines.ort import OrtEngine
+    from edge_inspector.engines.parity import compare_engines
+
+    images = bundle.calibration_images()[:max_images]
+    if not len(images):
+        raise BundleError(f"{bundle.path} ships no calibration images: nothing to verify the FP16 graph on")
+    with tempfile.TemporaryDirectory(prefix="edge-inspector-fp16-") as scratch:
+        reference = OrtEngine(bundle)
+        candidate = OrtEngine(bundle_with_graph(bundle, prepared_path, scratch))
+        try:
+            return compare_engines(
+                candidate, reference, images, bundle.manifest.thresholds.image, bundle.manifest.parity
+            )
+        finally:
+            candidate.close()
+            reference.close()

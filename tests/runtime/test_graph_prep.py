@@ -1,0 +1,153 @@
+"""FP16 preparation of bundle graphs for a strongly typed TensorRT build, checked on real ONNX graphs in ORT (CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_inspector.engines.graph_prep import (
+    PREPARED_KEY,
+    check_tensorrt_boundary,
+    prepare_bundle_graph,
+    prepare_graph,
+    topological_sort,
+    verify_prepared,
+)
+from edge_inspector.errors import BundleError
+from tests.fixtures.bundles import make_tiny_bundle
+from tests.fixtures.trt_graphs import SOFTMAX_NODE, conv_graph, make_conv_bundle
+
+
+def _types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every typed tensor (inputs, outputs, value_info, initializers)."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.input, *inferred.graph.output)}
+    types.update({v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info})
+    types.update({t.name: t.data_type for t in inferred.graph.initializer})
+    return types
+
+
+def _node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if n.name == name)
+
+
+def test_fp32_graph_becomes_fp16_with_the_boundary_and_pins_kept():
+    prepared, report = prepare_graph(conv_graph(16, 16, qdq=False), keep_fp32_nodes=[SOFTMAX_NODE])
+    types = _types(prepared)
+    assert types["image"] == TensorProto.UINT8
+    assert types["anomaly_map"] == TensorProto.FLOAT and types["score"] == TensorProto.FLOAT
+    assert types["w1"] == types["w2"] == TensorProto.FLOAT16
+    assert _node(prepared, "cast_in").attribute[0].i == TensorProto.FLOAT16  # uint8 -> fp16 directly
+    assert types[_node(prepared, "conv2").output[0]] == TensorProto.FLOAT16
+    softmax = _node(prepared, SOFTMAX_NODE)
+    assert types[softmax.input[0]] == types[softmax.output[0]] == TensorProto.FLOAT
+    assert report.fp32_nodes == [SOFTMAX_NODE]
+    assert report.casts_added == 4  # two around the softmax, one per output
+    assert {p.key: p.value for p in prepared.metadata_props}[PREPARED_KEY] == "tensorrt-strongly-typed-fp16"
+
+
+def test_qdq_graph_keeps_int8_weights_and_gets_fp16_scales():
+    original = conv_graph(16, 16, qdq=True)
+    prepared, report = prepare_graph(original, keep_fp32_nodes=[SOFTMAX_NODE])
+    types = _types(prepared)
+    before = {n.op_type for n in original.graph.node if n.op_type.endswith("Linear")}
+    assert before == {"QuantizeLinear", "DequantizeLinear"}
+    assert report.qdq_nodes == 5 and report.warnings == []
+    assert sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in prepared.graph.node) == 5
+    weights = {t.name: t for t in prepared.graph.initializer}
+    assert weights["w1_int8"].data_type == TensorProto.INT8
+    np.testing.assert_array_equal(
+        numpy_helper.to_array(weights["w1_int8"]),
+        numpy_helper.to_array(next(t for t in original.graph.initializer if t.name == "w1_int8")),
+    )
+    assert types["w1_scale"] == types["act_scale"] == TensorProto.FLOAT16
+    # DequantizeLinear feeds the conv directly, so TensorRT can fuse Q/DQ + conv into one INT8 kernel.
+    assert _node(prepared, "conv1").input[:2] == ["in_dq", "w1"]
+    assert types["in_dq"] == types["w1"] == TensorProto.FLOAT16
+
+
+def test_old_opset_qdq_stays_fp32_with_a_warning(tmp_path):
+    bundle = make_conv_bundle(tmp_path / "b", qdq=True, opset=18)
+    out = tmp_path / "prepared.onnx"
+    report = prepare_bundle_graph(bundle, out)
+    assert report.warnings and "opset 18 < 19" in report.warnings[0]
+    types = _types(onnx.load(str(out)))
+    assert types["act_scale"] == TensorProto.FLOAT
+    assert verify_prepared(bundle, out).passed
+
+
+@pytest.mark.parametrize("qdq", [False, True])
+def test_prepared_bundle_graph_runs_in_onnxruntime_within_tolerance(tmp_path, qdq):
+    bundle = make_conv_bundle(tmp_path / "b", qdq=qdq)
+    out = tmp_path / "prepared.onnx"
+    prepare_bundle_graph(bundle, out)
+    report = verify_prepared(bundle, out)
+    assert report.passed, report.summary()
+    assert report.n_images == 6
+    drift = report.score_drift
+    assert 0 < drift.max() < 1e-2  # really FP16 (not bit-identical), and close
+    assert report.verdict_agreement == 1.0
+
+
+def test_tiny_fixture_bundle_prepares_and_verifies(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "tiny", width=32, height=32)
+    out = tmp_path / "prepared.onnx"
+    report = prepare_bundle_graph(bundle, out)
+    assert report.fp32_nodes == []
+    assert verify_prepared(bundle, out).passed
+
+
+def test_softmax_is_fp16_only_when_nobody_pins_it():
+    prepared, report = prepare_graph(conv_graph(16, 16, qdq=False), keep_fp32_op_types=())
+    softmax = _node(prepared, SOFTMAX_NODE)
+    assert _types(prepared)[softmax.input[0]] == TensorProto.FLOAT16
+    assert report.fp32_nodes == [] and report.casts_added == 2
+
+
+def test_verification_catches_a_graph_that_computes_something_else(tmp_path):
+    bundle = make_conv_bundle(tmp_path / "b", qdq=False)
+    impostor = tmp_path / "other.onnx"
+    onnx.save(conv_graph(32, 32, qdq=False, seed=7), impostor)
+    report = verify_prepared(bundle, impostor)
+    assert not report.passed
+    assert "exceeds the manifest tolerance" in report.failures[0]
+
+
+def test_unknown_pinned_node_is_refused():
+    with pytest.raises(BundleError, match=r"does not have: \['attn_sofmax'\]"):
+        prepare_graph(conv_graph(16, 16, qdq=False), keep_fp32_nodes=["attn_sofmax"])
+
+
+def test_boundary_tensorrt_cannot_take_is_refused():
+    model = conv_graph(16, 16, qdq=False)
+    model.graph.node[0].op_type = "Identity"  # uint8 input no longer goes into a Cast
+    del model.graph.node[0].attribute[:]
+    with pytest.raises(BundleError, match="uint8 and feeds.*Identity"):
+        check_tensorrt_boundary(model)
+    model = conv_graph(16, 16, qdq=False)
+    model.graph.output[1].type.tensor_type.elem_type = TensorProto.FLOAT16
+    with pytest.raises(BundleError, match="'score' is FLOAT16"):
+        check_tensorrt_boundary(model)
+
+
+def test_topological_sort_orders_and_detects_cycles():
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["b"], ["c"], name="second"), helper.make_node("Relu", ["a"], ["b"], name="first")],
+        "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])],
+    )
+    topological_sort(graph)
+    assert [n.name for n in graph.node] == ["first", "second"]
+    graph.node[0].input[0] = "c"
+    with pytest.raises(BundleError, match="cycle or dangling"):
+        topological_sort(graph)
+
+
+def test_bundle_without_calibration_images_cannot_be_verified(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "tiny", width=16, height=16, calibration_images=np.zeros((0, 16, 16, 3), np.uint8))
+    out = tmp_path / "prepared.onnx"
+    prepare_bundle_graph(bundle, out)
+    with pytest.raises(BundleError, match="no calibration images"):
+        verify_prepared(bundle, out)

@@ -1,0 +1,97 @@
+"""Parity report and latency summary over two real ONNX Runtime engines."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from edge_inspector.bundle.manifest import ParitySpec
+from edge_inspector.engines.graph_prep import bundle_with_graph, prepare_bundle_graph
+from edge_inspector.engines.ort import OrtEngine
+from edge_inspector.engines.parity import compare_engines, measure_latency
+from edge_inspector.errors import EngineError
+from tests.fixtures.trt_graphs import conv_graph, make_conv_bundle
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    """Reference FP32 engine, its FP16-prepared twin, a different model, and the calibration images."""
+    root = tmp_path_factory.mktemp("parity")
+    bundle = make_conv_bundle(root / "fp32", qdq=False)
+    prepare_bundle_graph(bundle, root / "fp16.onnx")
+    onnx.save(conv_graph(32, 32, qdq=False, seed=7), root / "other.onnx")
+    opened = {
+        "reference": OrtEngine(bundle),
+        "fp16": OrtEngine(bundle_with_graph(bundle, root / "fp16.onnx", root / "fp16")),
+        "other": OrtEngine(bundle_with_graph(bundle, root / "other.onnx", root / "other")),
+    }
+    yield opened, bundle.calibration_images()
+    for engine in opened.values():
+        engine.close()
+
+
+def test_identical_engines_agree_exactly(engines):
+    opened, images = engines
+    report = compare_engines(opened["reference"], opened["reference"], images, 1.0, ParitySpec())
+    assert report.passed and report.failures == []
+    assert report.score_drift.max() == 0.0 and report.map_max_abs_diff == 0.0
+    assert report.verdict_agreement == 1.0
+    assert report.to_dict()["images"] == len(images)
+
+
+def test_fp16_drift_is_measured_and_judged_by_the_tolerance(engines):
+    opened, images = engines
+    report = compare_engines(opened["fp16"], opened["reference"], images, 1.0, ParitySpec())
+    drift = float(report.score_drift.max())
+    assert 0 < drift < 0.05 and report.passed
+    assert 0 < report.map_max_abs_diff and 0 < report.map_rel_diff < 0.05
+
+    strict = compare_engines(opened["fp16"], opened["reference"], images, 1.0, ParitySpec(score_rtol=drift / 2))
+    assert not strict.passed
+    assert f"score drift {drift:.2e} exceeds the manifest tolerance {drift / 2:.2e}" in strict.failures[0]
+    with pytest.raises(EngineError, match="does not match"):
+        strict.raise_if_failed()
+    report.raise_if_failed()
+
+
+def test_verdict_disagreement_fails_even_with_a_loose_score_tolerance(engines):
+    opened, images = engines
+    ref = np.array([opened["reference"].infer(im).score for im in images])
+    other = np.array([opened["other"].infer(im).score for im in images])
+    # A threshold between the two models' scores on the first image makes their verdicts differ there.
+    threshold = float((ref[0] + other[0]) / 2)
+    spec = ParitySpec(score_rtol=100.0, verdict_agreement=0.99)
+    report = compare_engines(opened["other"], opened["reference"], images, threshold, spec)
+    expected = float(np.mean((other >= threshold) == (ref >= threshold)))
+    assert report.verdict_agreement == pytest.approx(expected) and expected < 1.0
+    assert [f for f in report.failures if "verdicts agree on" in f]
+    assert "parity FAIL" in report.summary()
+
+
+def test_score_drift_is_relative_with_a_floor():
+    from edge_inspector.engines.parity import ParityReport
+
+    report = ParityReport(
+        candidate="c", reference="r", threshold=1.0, tolerances=ParitySpec(),
+        reference_scores=np.array([2.0, 0.0]), candidate_scores=np.array([2.2, 1e-4]),
+        map_max_abs_diff=0.0, map_rel_diff=0.0,
+    )
+    np.testing.assert_allclose(report.score_drift, [0.1, 0.1])  # second: 1e-4 / (1e-3 * threshold)
+
+
+def test_no_images_is_an_error(engines):
+    opened, _ = engines
+    with pytest.raises(EngineError, match="at least one"):
+        compare_engines(opened["fp16"], opened["reference"], np.zeros((0, 32, 32, 3), np.uint8), 1.0, ParitySpec())
+
+
+def test_latency_summary(engines):
+    opened, images = engines
+    summary = measure_latency(opened["reference"], images[0], runs=20, warmup=2)
+    assert summary.runs == 20
+    assert 0 < summary.min_ms <= summary.p50_ms <= summary.p99_ms <= summary.max_ms
+    assert summary.engine.startswith("onnxruntime")
+    assert "p50" in summary.summary() and set(summary.to_dict()) >= {"p50_ms", "p99_ms", "mean_ms"}
+    with pytest.raises(EngineError, match="at least one timed run"):
+        measure_latency(opened["reference"], images[0], runs=0)
