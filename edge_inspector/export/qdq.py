@@ -1,0 +1,247 @@
+"""Turn an FP32 ONNX graph into the QDQ graph the line runs, using the fake-quant torch model's own numbers.
+
+How the QDQ graph is produced (decision): we export the FP32 graph once (the same exporter as the FP32 bundle)
+and insert ``QuantizeLinear`` / ``DequantizeLinear`` around each quantized ``Conv``, finding the conv by its weight
+initializer, which the exporter names after the torch parameter (``<module>.weight``). Why not export the fake-quant
+model directly: the torch exporters refuse a (-8, 7) fake-quant range, they would need custom symbolics for int32
+bias grids and per-channel INT4, and every rewrite we would do afterwards (INT4 containers, axes, zero-point dtypes)
+is easier to check on the ONNX graph. Scales and integer codes come from the torch wrappers, so ONNX Runtime sees
+exactly the grid the fake-quant model was calibrated and fine-tuned on.
+
+Per quantized conv the graph becomes::
+
+    x -> Q(s_in) -> DQ -> Conv(DQ(w_int, s_w, axis 0), DQ(b_int32, s_in*s_w, axis 0)) -> Q(s_out) -> DQ -> y
+
+with symmetric zero points (0, of the code's dtype). ONNX Runtime fuses ``DQ -> Conv -> Q`` into an integer
+``QLinearConv``. 4-bit weights are written as their 4-bit grid in INT8 containers (runs as INT8 everywhere), or as
+true ``INT4`` initializers when ``small=True`` (opset >= 21; ONNX Runtime then dequantizes and runs a float conv).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_inspector.errors import ConfigError
+
+QDQ_OPSET = 21
+ORT_SESSION_CONFIG = {"session.qdqisint8allowed": "1"}
+"""ONNX Runtime session settings a QDQ graph must be loaded with (also written to the graph's metadata_props).
+
+Without it, ORT on x86 rewrites our int8 Q/DQ to uint8 (``QDQS8ToU8Transformer``) for its U8S8 kernels. Measured
+here (AVX2 CPU, no VNNI, ORT 1.32): those kernels saturate 16-bit pair sums with full-range 8-bit weights, so outputs
+drift by up to ~20 quantization steps from the fake-quant model, while the S8S8 path matches it exactly. The
+rewrite also trips an ORT bug when a quantized conv feeds a Reshape/Slice (the attention kv projection): session
+creation fails with "output_dtype INT8 does not match y_zero_point type UINT8" (microsoft/onnxruntime#25526).
+Keeping int8 (zero point 0, also what TensorRT requires) avoids both.
+"""
+METADATA_SESSION_CONFIG = "edge_inspector.ort_session_config"
+
+
+@dataclass
+class ConvQuant:
+    """What the QDQ graph needs for one conv, taken from its ``QuantConv2d`` wrapper.
+
+    Attributes:
+        codes: integer weight codes (out, in/groups, kh, kw), within the symmetric grid of ``bits``.
+        weight_scale: per-output-channel scales, float32 (out,).
+        bits: 4 or 8.
+        bias_codes: int32 bias codes on the grid ``input_scale * weight_scale``, or None.
+        input_scale / output_scale: per-tensor int8 activation scales.
+        reference: the float weight the exporter wrote (used only to check we found the right conv).
+    """
+
+    codes: np.ndarray
+    weight_scale: np.ndarray
+    bits: int
+    bias_codes: np.ndarray | None
+    input_scale: float
+    output_scale: float
+    reference: np.ndarray | None = None
+
+
+def conv_quant_from_module(module) -> ConvQuant:  # module: QuantConv2d (torch kept out of this module's imports)
+    """Read the integer codes and scales a calibrated ``QuantConv2d`` uses in its forward."""
+    codes, w_scale, bias = module.quantized_params()
+    scales = module.act_scales()
+    w_scale_np = w_scale.detach().cpu().numpy().astype(np.float32)
+    bias_codes = None
+    if bias is not None:
+        grid = np.float32(scales.input) * w_scale_np
+        bias_codes = np.round(bias.cpu().numpy().astype(np.float32) / grid).astype(np.int32)
+    return ConvQuant(
+        codes=codes.cpu().numpy().astype(np.int8),
+        weight_scale=w_scale_np,
+        bits=module.weight_bits,
+        bias_codes=bias_codes,
+        input_scale=scales.input,
+        output_scale=scales.output,
+        reference=module.conv.weight.detach().cpu().numpy(),
+    )
+
+
+def _scalar(name: str, value: float) -> TensorProto:
+    return numpy_helper.from_array(np.array(value, dtype=np.float32), name)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def insert_qdq(
+    model: onnx.ModelProto,
+    convs: dict[str, ConvQuant],
+    small: bool = False,
+    check_reference: bool = True,
+) -> onnx.ModelProto:
+    """Return a copy of ``model`` with Q/DQ inserted around every conv whose weight is named in ``convs``.
+
+    Args:
+        convs: torch conv name (``encoder.0.proj``) -> its quantization; the ONNX weight initializer may be named
+            ``<name>.weight`` or ``<name>.conv.weight`` (exported with the wrappers in place).
+        small: write 4-bit weights as true INT4 initializers (needs opset >= 21).
+        check_reference: refuse when the graph's float weight differs from the torch weight (wrong model).
+
+    Raises:
+        ConfigError: a named conv is not in the graph, its weight differs, or INT4 is asked below opset 21.
+    """
+    if small and _opset(model) < QDQ_OPSET:
+        raise ConfigError(f"true INT4 weights need opset >= {QDQ_OPSET}; the graph has opset {_opset(model)}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {t.name: t for t in graph.initializer}
+    by_weight: dict[str, str] = {}
+    for name in convs:
+        found = [w for w in (f"{name}.weight", f"{name}.conv.weight") if w in inits]
+        if not found:
+            raise ConfigError(f"conv '{name}' is not in the ONNX graph (no initializer {name}.weight)")
+        by_weight[found[0]] = name
+
+    new_nodes, new_inits, dropped = [], [], set()
+    seen = set()
+    for node in graph.node:
+        weight = node.input[1] if node.op_type == "Conv" and len(node.input) > 1 else None
+        if weight not in by_weight:
+            new_nodes.append(node)
+            continue
+        name = by_weight[weight]
+        seen.add(name)
+        q = convs[name]
+        if check_reference and q.reference is not None:
+            current = numpy_helper.to_array(inits[weight])
+            if current.shape != q.reference.shape or not np.allclose(current, q.reference, rtol=1e-4, atol=1e-6):
+                raise ConfigError(
+                    f"conv '{name}': the graph's weight differs from the torch model's (not the same model, or a "
+                    "BatchNorm folded differently); export the FP32 graph from the model being quantized"
+                )
+        tag = node.name or name
+        dropped.add(weight)
+        if len(node.input) > 2 and node.input[2]:
+            dropped.add(node.input[2])
+        pre, post, inits_ = _conv_qdq(node, tag, weight, q, small)
+        new_nodes += pre + [node] + post
+        new_inits += inits_
+    missing = set(convs) - seen
+    if missing:
+        raise ConfigError(f"convs not used by any Conv node: {sorted(missing)}")
+    still_used = {i for n in new_nodes for i in n.input}
+    kept = [t for t in graph.initializer if t.name not in dropped or t.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    _set_metadata(out, METADATA_SESSION_CONFIG, ",".join(f"{k}={v}" for k, v in ORT_SESSION_CONFIG.items()))
+    onnx.checker.check_model(out)
+    return out
+
+
+def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    model.metadata_props.add(key=key, value=value)
+
+
+def ort_session(model: onnx.ModelProto | bytes | str, threads: int = 1, optimize: bool = True):
+    """An ONNX Runtime CPU session for a QDQ graph, with the settings it must be loaded with (compile-time checks)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    for key, value in ORT_SESSION_CONFIG.items():
+        opts.add_session_config_entry(key, value)
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def _conv_qdq(
+    node: onnx.NodeProto, tag: str, weight: str, q: ConvQuant, small: bool
+) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], list[TensorProto]]:
+    """Nodes before the conv, nodes after it, and new initializers; rewires ``node`` in place."""
+    x, y = node.input[0], node.output[0]
+    p = f"{tag}/qdq"
+    inits = [
+        _scalar(f"{p}/in_scale", q.input_scale),
+        numpy_helper.from_array(np.array(0, np.int8), f"{p}/in_zp"),
+        _scalar(f"{p}/out_scale", q.output_scale),
+        numpy_helper.from_array(np.array(0, np.int8), f"{p}/out_zp"),
+    ]
+    pre = [
+        helper.make_node("QuantizeLinear", [x, f"{p}/in_scale", f"{p}/in_zp"], [f"{p}/x_q"], name=f"{p}/x_Q"),
+        helper.make_node("DequantizeLinear", [f"{p}/x_q", f"{p}/in_scale", f"{p}/in_zp"], [f"{p}/x_dq"],
+                         name=f"{p}/x_DQ"),
+    ]
+    qmax = 2 ** (q.bits - 1) - 1
+    if np.abs(q.codes).max(initial=0) > qmax:
+        raise ConfigError(f"{tag}: weight codes exceed the {q.bits}-bit grid")
+    channels = q.codes.shape[0]
+    if small and q.bits == 4:
+        codes = numpy_helper.from_array(q.codes.astype(ml_dtypes.int4), f"{weight}_quantized")
+        w_zp = numpy_helper.from_array(np.zeros(channels, ml_dtypes.int4), f"{p}/w_zp")
+    else:
+        codes = numpy_helper.from_array(q.codes.astype(np.int8), f"{weight}_quantized")
+        w_zp = numpy_helper.from_array(np.zeros(channels, np.int8), f"{p}/w_zp")
+    inits += [codes, numpy_helper.from_array(q.weight_scale.astype(np.float32), f"{p}/w_scale"), w_zp]
+    pre.append(helper.make_node("DequantizeLinear", [codes.name, f"{p}/w_scale", f"{p}/w_zp"], [f"{p}/w_dq"],
+                                name=f"{p}/w_DQ", axis=0))
+    inputs = [f"{p}/x_dq", f"{p}/w_dq"]
+    if q.bias_codes is not None:
+        b_scale = np.float32(q.input_scale) * q.weight_scale.astype(np.float32)
+        inits += [
+            numpy_helper.from_array(q.bias_codes.astype(np.int32), f"{p}/b_quantized"),
+            numpy_helper.from_array(b_scale.astype(np.float32), f"{p}/b_scale"),
+            numpy_helper.from_array(np.zeros(channels, np.int32), f"{p}/b_zp"),
+        ]
+        pre.append(helper.make_node("DequantizeLinear", [f"{p}/b_quantized", f"{p}/b_scale", f"{p}/b_zp"],
+                                    [f"{p}/b_dq"], name=f"{p}/b_DQ", axis=0))
+        inputs.append(f"{p}/b_dq")
+    del node.input[:]
+    node.input.extend(inputs)
+    node.output[0] = f"{p}/y_float"
+    post = [
+        helper.make_node("QuantizeLinear", [f"{p}/y_float", f"{p}/out_scale", f"{p}/out_zp"], [f"{p}/y_q"],
+                         name=f"{p}/y_Q"),
+        helper.make_node("DequantizeLinear", [f"{p}/y_q", f"{p}/out_scale", f"{p}/out_zp"], [y], name=f"{p}/y_DQ"),
+    ]
+    return pre, post, inits
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes the graph's stored tensors take (INT4 packed two per byte): the "weight bytes" of the benchmarks."""
+    total = 0
+    for t in model.graph.initializer:
+        n = int(np.prod(t.dims)) if len(t.dims) else 1
+        if t.data_type in (TensorProto.INT4, TensorProto.UINT4):
+            total += (n + 1) // 2
+        else:
+            total += n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    return total

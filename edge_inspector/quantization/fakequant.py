@@ -1,0 +1,173 @@
+"""Fake quantization for HQS units: the torch side of the QDQ graph, with straight-through gradients.
+
+Numerics (chosen to match what ONNX Runtime and TensorRT execute, see DESIGN §5):
+
+* weights: per-output-channel symmetric, ``scale_c = max|w_c| / qmax``, ``q = clamp(round(w / scale), -qmax, qmax)``
+  with ``qmax = 2**(bits-1) - 1`` (127 for 8 bits, 7 for 4 bits; the grid is symmetric so the zero point is 0);
+* activations: 8-bit per tensor, symmetric int8 (zero point 0, TensorRT accepts nothing else), with the range from a
+  calibration observer (``minmax`` or ``percentile`` of ``|x|``);
+* bias: int32 on the grid ``scale_x * scale_w`` (what the integer conv kernels of ONNX Runtime accumulate in).
+
+``torch.round`` and ONNX ``QuantizeLinear`` both round half to even, so a value lands on the same grid point.
+Gradients pass straight through the rounding; activations outside the clip range get none (the usual STE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Precision = Literal["w4a8", "w8a8", "keep"]
+PRECISION_WEIGHT_BITS: dict[str, int] = {"w4a8": 4, "w8a8": 8, "keep": 32}
+ACT_BITS = 8
+ACT_QMAX = 2 ** (ACT_BITS - 1) - 1
+BIAS_QMAX = 2**31 - 1
+ObserverKind = Literal["minmax", "percentile"]
+
+
+def qmax_for(bits: int) -> int:
+    """Largest code of a symmetric signed ``bits``-bit grid (the smallest is its negative)."""
+    if bits not in (4, 8):
+        raise ValueError(f"weight bits must be 4 or 8, got {bits}")
+    return 2 ** (bits - 1) - 1
+
+
+def weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel symmetric scale (shape ``[out_channels]``); never zero, so all-zero channels stay zero."""
+    amax = weight.detach().abs().flatten(1).amax(dim=1)
+    return torch.clamp(amax, min=1e-12) / qmax_for(bits)
+
+
+def quantize_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer codes (as float tensor holding whole numbers) and per-channel scales of ``weight``."""
+    scale = weight_scale(weight, bits)
+    view = scale.view(-1, *([1] * (weight.dim() - 1)))
+    qmax = qmax_for(bits)
+    codes = torch.clamp(torch.round(weight.detach() / view), -qmax, qmax)
+    return codes, scale
+
+
+def fake_quant_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """``weight`` snapped to its per-channel grid; the gradient flows to ``weight`` unchanged (STE)."""
+    codes, scale = quantize_weight(weight, bits)
+    snapped = codes * scale.view(-1, *([1] * (weight.dim() - 1)))
+    return weight + (snapped - weight).detach()
+
+
+def fake_quant_act(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 per-tensor fake quantization; STE inside the clip range, zero gradient outside."""
+    bound = scale * ACT_QMAX
+    clipped = torch.maximum(torch.minimum(x, bound), -bound)
+    snapped = torch.clamp(torch.round(x / scale), -ACT_QMAX, ACT_QMAX) * scale
+    return clipped + (snapped - clipped).detach()
+
+
+def fake_quant_bias(bias: torch.Tensor, act_scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """Bias snapped to the int32 grid ``act_scale * w_scale`` (per channel), as integer kernels hold it."""
+    grid = act_scale * w_scale
+    snapped = torch.clamp(torch.round(bias.detach() / grid), -BIAS_QMAX, BIAS_QMAX) * grid
+    return bias + (snapped - bias).detach()
+
+
+class RangeObserver(nn.Module):
+    """Collects the symmetric range ``max|x|`` of an activation during calibration.
+
+    ``minmax`` keeps the running maximum of ``|x|``; ``percentile`` averages, over batches, the given percentile of
+    ``|x|`` (robust to a few outliers, which otherwise waste most of the 8-bit grid).
+    """
+
+    def __init__(self, kind: ObserverKind = "minmax", percentile: float = 99.99):
+        super().__init__()
+        if kind not in ("minmax", "percentile"):
+            raise ValueError(f"observer must be 'minmax' or 'percentile', got {kind!r}")
+        if not 0 < percentile <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        self.kind = kind
+        self.percentile = percentile
+        self.register_buffer("amax", torch.zeros(()))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        values = x.detach().abs().flatten().float()
+        if self.kind == "minmax":
+            self.amax.copy_(torch.maximum(self.amax, values.max()))
+        else:
+            if values.numel() > 1_000_000:  # quantile() refuses huge inputs; a strided sample keeps the tail shape
+                values = values[:: values.numel() // 1_000_000 + 1]
+            current = torch.quantile(values, self.percentile / 100.0)
+            n = self.batches.item()
+            self.amax.copy_((self.amax * n + current) / (n + 1))
+        self.batches += 1
+
+    def scale(self) -> torch.Tensor:
+        """Scale of the int8 grid; raises if nothing was observed (an uncalibrated unit must not export)."""
+        if self.batches.item() == 0:
+            raise RuntimeError("activation range was never observed: run calibration images through the model first")
+        return torch.clamp(self.amax, min=1e-8) / ACT_QMAX
+
+
+@dataclass
+class ActScales:
+    """Frozen input/output activation scales of one quantized conv (what the QDQ export writes)."""
+
+    input: float
+    output: float
+
+
+class QuantConv2d(nn.Module):
+    """A ``Conv2d`` whose weights, bias, input and output are fake-quantized according to ``precision``.
+
+    Modes: ``float`` (plain conv, the FP32 reference), ``calibrate`` (plain conv, observers record input and output
+    ranges), ``quant`` (fake quantization with frozen ranges). ``precision == "keep"`` is always a plain conv.
+    """
+
+    def __init__(self, conv: nn.Conv2d, observer: ObserverKind = "minmax", percentile: float = 99.99):
+        super().__init__()
+        if conv.padding_mode != "zeros":
+            raise ValueError("only zero-padded convs can be exported as QDQ (ONNX Conv pads with zeros)")
+        self.conv = conv
+        self.precision: Precision = "w8a8"
+        self.mode: Literal["float", "calibrate", "quant"] = "float"
+        self.in_observer = RangeObserver(observer, percentile)
+        self.out_observer = RangeObserver(observer, percentile)
+
+    @property
+    def weight_bits(self) -> int:
+        return PRECISION_WEIGHT_BITS[self.precision]
+
+    @property
+    def quantized(self) -> bool:
+        return self.mode == "quant" and self.precision != "keep"
+
+    def act_scales(self) -> ActScales:
+        return ActScales(float(self.in_observer.scale()), float(self.out_observer.scale()))
+
+    def quantized_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(integer weight codes, per-channel weight scale, snapped bias or None) exactly as the forward uses them."""
+        codes, w_scale = quantize_weight(self.conv.weight, self.weight_bits)
+        bias = None
+        if self.conv.bias is not None:
+            bias = fake_quant_bias(self.conv.bias, self.in_observer.scale(), w_scale).detach()
+        return codes, w_scale, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "calibrate":
+            self.in_observer.observe(x)
+            y = self.conv(x)
+            self.out_observer.observe(y)
+            return y
+        if not self.quantized:
+            return self.conv(x)
+        s_in = self.in_observer.scale()
+        w = fake_quant_weight(self.conv.weight, self.weight_bits)
+        bias = self.conv.bias
+        if bias is not None:
+            bias = fake_quant_bias(bias, s_in, weight_scale(self.conv.weight, self.weight_bits))
+        c = self.conv
+        y = F.conv2d(fake_quant_act(x, s_in), w, bias, c.stride, c.padding, c.dilation, c.groups)
+        return fake_quant_act(y, self.out_observer.scale())
