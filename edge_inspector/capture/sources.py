@@ -1,0 +1,179 @@
+"""Frame sources: camera index, video file, rtsp:// URL, image folder and the demo line, behind one interface.
+
+``open_source("0")`` is a camera, ``open_source("rtsp://...")`` a stream, a folder an image folder, ``"demo"`` the
+synthetic demo line, anything else a video file. Every source yields ``Frame`` objects (BGR uint8, as OpenCV reads).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from edge_inspector.config import CaptureSettings
+from edge_inspector.errors import SourceError
+from edge_inspector.log import kv
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class Frame:
+    image: np.ndarray
+    """BGR (or gray) uint8, full frame."""
+    index: int
+    """Position in the source (0, 1, ...), counting every frame read, judged or not."""
+    captured_at: float
+    """Unix time the frame was read."""
+    source: str
+    decode_ms: float = 0.0
+    label: bool | None = None
+    """Known ground truth (True = defective) when the source has it."""
+    name: str = ""
+    """File name or other human id of the frame."""
+    part_id: str | None = None
+    """Trigger id when a software trigger asked for this frame."""
+
+
+class Source(Protocol):
+    name: str
+    live: bool
+    """True for cameras and streams: frames keep coming and a failure means reconnect, not end of input."""
+
+    def open(self) -> None: ...
+
+    def read(self) -> Frame | None:
+        """The next frame, or None at the end of a finite source. Raises SourceError when a live source fails."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class VideoSource:
+    """Camera index, video file or network stream through ``cv2.VideoCapture``."""
+
+    def __init__(self, spec: str, settings: CaptureSettings | None = None):
+        self.settings = settings or CaptureSettings()
+        self.spec = spec
+        self.camera_index = int(spec) if spec.isdigit() else None
+        self.live = self.camera_index is not None or "://" in spec
+        self.name = f"camera:{spec}" if self.camera_index is not None else spec
+        self._capture: cv2.VideoCapture | None = None
+        self._index = 0
+
+    def open(self) -> None:
+        if self.camera_index is None and not self.live and not Path(self.spec).is_file():
+            raise SourceError(f"Video file not found: {self.spec}")
+        capture = cv2.VideoCapture(self.camera_index if self.camera_index is not None else self.spec)
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(f"Cannot open {self.name}: OpenCV could not open it (check the index, path or URL)")
+        for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, self.settings.width),
+                            (cv2.CAP_PROP_FRAME_HEIGHT, self.settings.height), (cv2.CAP_PROP_FPS, self.settings.fps)):
+            if value and self.live:
+                capture.set(prop, value)
+        self._capture = capture
+
+    def read(self) -> Frame | None:
+        if self._capture is None:
+            raise SourceError(f"{self.name} is not open")
+        start = time.perf_counter()
+        ok, image = self._capture.read()
+        decode_ms = (time.perf_counter() - start) * 1e3
+        if not ok or image is None:
+            if self.live:
+                raise SourceError(f"{self.name} stopped delivering frames")
+            if self.settings.loop and self._index > 0:
+                self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, image = self._capture.read()
+            if not ok or image is None:
+                return None
+        frame = Frame(image, self._index, time.time(), self.name, decode_ms, name=f"{self._index:06d}")
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+def folder_label(relative: Path) -> bool | None:
+    """MVTec-style label from a path inside a dataset folder: 'good' -> False, another folder under test/ -> True."""
+    parts = relative.parts[:-1]
+    if parts and parts[-1] == "good":
+        return False
+    if "test" in parts[:-1]:
+        return True
+    return None
+
+
+class FolderSource:
+    """Every image under a folder (recursively, sorted by path), with labels from MVTec-style folder names.
+
+    Masks under ``ground_truth/`` are skipped.
+    """
+
+    live = False
+
+    def __init__(self, folder: str | Path, settings: CaptureSettings | None = None):
+        self.folder = Path(folder)
+        self.settings = settings or CaptureSettings()
+        self.name = str(self.folder)
+        self.files: list[Path] = []
+        self._position = 0
+        self._index = 0
+
+    def open(self) -> None:
+        if not self.folder.is_dir():
+            raise SourceError(f"Image folder not found: {self.folder}")
+        self.files = sorted(
+            p for p in self.folder.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and "ground_truth" not in p.relative_to(self.folder).parts
+        )
+        if not self.files:
+            raise SourceError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {self.folder}")
+        log.info("image folder opened", extra=kv(folder=self.folder, images=len(self.files)))
+
+    def read(self) -> Frame | None:
+        while True:
+            if self._position >= len(self.files):
+                if not self.settings.loop:
+                    return None
+                self._position = 0
+            path = self.files[self._position]
+            self._position += 1
+            start = time.perf_counter()
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            decode_ms = (time.perf_counter() - start) * 1e3
+            if image is not None:
+                break
+            # One unreadable file must not stop a folder run: say so and go on with the next one.
+            log.warning("unreadable image skipped", extra=kv(path=path))
+        relative = path.relative_to(self.folder)
+        frame = Frame(image, self._index, time.time(), self.name, decode_ms, folder_label(relative), str(relative))
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        self._position = 0
+
+
+def open_source(spec: str | int, settings: CaptureSettings | None = None, seed: int = 0) -> Source:
+    """A source for ``spec``: camera index, 'demo', a folder, an rtsp://|http:// URL or a video file (not opened yet)."""
+    settings = settings or CaptureSettings()
+    spec = str(spec)
+    if spec == "demo":
+        from edge_inspector.capture.demo_line import DemoLine
+
+        return DemoLine(settings=settings, seed=seed)
+    if Path(spec).is_dir():
+        return FolderSource(spec, settings)
+    return VideoSource(spec, settings)

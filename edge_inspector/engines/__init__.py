@@ -1,0 +1,1 @@
+"""Run-time engines: ONNX Runtime (and TensorRT where present) behind one interface."""

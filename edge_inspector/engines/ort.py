@@ -1,0 +1,139 @@
+"""ONNX Runtime engine: the default everywhere, and the reference other engines are checked against.
+
+The manifest is checked against the graph when the engine opens, so a bundle whose graph does not match what the
+manifest promises (input name, size, dtype, output names, opset) is refused with a message instead of producing
+nonsense on the line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from edge_inspector.bundle.store import Bundle
+from edge_inspector.config import EngineSettings
+from edge_inspector.engines.base import EngineOutput
+from edge_inspector.errors import BundleError, EngineError
+from edge_inspector.log import kv
+
+log = logging.getLogger(__name__)
+
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def _graph_opset(path: os.PathLike) -> int:
+    """Default-domain opset of the graph; BundleError when the file is not a readable ONNX model."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ... for a damaged file
+        raise BundleError(f"{path} is corrupt: not a readable ONNX model ({exc})") from exc
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            return int(opset.version)
+    raise BundleError(f"{path} declares no default-domain opset")
+
+
+class OrtEngine:
+    """Runs a bundle's graph with ONNX Runtime.
+
+    Args:
+        bundle: an opened bundle (``bundle.store.load_bundle``).
+        settings: threads and graph optimisation level.
+        providers: ONNX Runtime execution providers, best first; default CPU only (the embedded default).
+
+    Raises:
+        BundleError: the graph is unreadable or does not match the manifest.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, settings: EngineSettings | None = None, providers: list[str] | None = None):
+        self.bundle = bundle
+        self.settings = settings or EngineSettings()
+        manifest = bundle.manifest
+        opset = _graph_opset(bundle.onnx_path)
+        if opset != manifest.graph.opset:
+            raise BundleError(
+                f"{bundle.onnx_path} uses opset {opset} but the manifest says {manifest.graph.opset}: re-export the bundle"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.settings.intra_op_threads
+        options.inter_op_num_threads = self.settings.inter_op_threads
+        options.graph_optimization_level = _OPTIMIZATION[self.settings.graph_optimization]
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # ORT's own warnings would bypass our structured logs
+        self.providers = providers or ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(bundle.onnx_path), options, providers=self.providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+            raise BundleError(f"ONNX Runtime cannot load {bundle.onnx_path}: {exc}") from exc
+        self._check_contract()
+        self._input_name = manifest.input.name
+        self._outputs = [manifest.outputs.anomaly_map, manifest.outputs.score]
+        self._shape = (manifest.input.height, manifest.input.width, 3)
+        log.info("onnxruntime engine ready", extra=kv(model=manifest.model_id, **self.describe()))
+
+    def _check_contract(self) -> None:
+        spec = self.bundle.manifest
+        where = str(self.bundle.onnx_path)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != spec.input.name:
+            names = [i.name for i in inputs]
+            raise BundleError(f"{where}: graph inputs {names} do not match the manifest's single input '{spec.input.name}'")
+        given = inputs[0]
+        if given.type != "tensor(uint8)":
+            raise BundleError(f"{where}: input '{given.name}' is {given.type}, the manifest says uint8")
+        expected = [1, spec.input.height, spec.input.width, 3]
+        shape = list(given.shape)
+        fixed_ok = len(shape) == 4 and all(
+            not isinstance(dim, int) or dim == want for dim, want in zip(shape, expected)
+        )
+        if not fixed_ok or any(not isinstance(dim, int) for dim in shape[1:]):
+            raise BundleError(f"{where}: input shape {shape} does not match the manifest's NHWC {expected}")
+        outputs = {o.name for o in self.session.get_outputs()}
+        missing = [n for n in (spec.outputs.anomaly_map, spec.outputs.score) if n not in outputs]
+        if missing:
+            raise BundleError(f"{where}: graph lacks output(s) {missing} named in the manifest (it has {sorted(outputs)})")
+
+    def warmup(self, runs: int = 2) -> None:
+        images = self.bundle.calibration_images()
+        image = images[0] if len(images) else np.zeros(self._shape, np.uint8)
+        for _ in range(runs):
+            self.infer(image)
+
+    def infer(self, image: np.ndarray) -> EngineOutput:
+        if image.shape != self._shape or image.dtype != np.uint8:
+            raise EngineError(f"engine input must be uint8 {self._shape}, got {image.dtype} {image.shape}")
+        try:
+            anomaly_map, score = self.session.run(self._outputs, {self._input_name: image[np.newaxis]})
+        except Exception as exc:
+            raise EngineError(f"ONNX Runtime inference failed: {exc}") from exc
+        if anomaly_map.shape != (1, 1, *self._shape[:2]) or score.size != 1:
+            raise EngineError(
+                f"graph returned anomaly map {anomaly_map.shape} and score {score.shape}; "
+                f"expected (1, 1, {self._shape[0]}, {self._shape[1]}) and (1,)"
+            )
+        return EngineOutput(anomaly_map[0, 0], float(score.reshape(-1)[0]))
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "backend": self.name,
+            "version": ort.__version__,
+            "device": "cpu" if self.session.get_providers() == ["CPUExecutionProvider"] else "gpu",
+            "providers": ",".join(self.session.get_providers()),
+            "intra_op_threads": str(self.settings.intra_op_threads or os.cpu_count()),
+            "graph_optimization": self.settings.graph_optimization,
+        }
+
+    def close(self) -> None:
+        # The session frees its memory when dropped; keep the attribute so a late infer() fails clearly.
+        self.session = None  # type: ignore[assignment]

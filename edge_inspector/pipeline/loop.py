@@ -1,0 +1,398 @@
+"""The line's loop: capture -> preprocess + inference -> decision + overlay -> sinks, each stage in its own thread.
+
+Stages hand work on through bounded queues, so a slow stage slows the ones before it instead of eating memory.
+Free-run mode keeps only the newest frame and counts what it drops; triggered mode blocks instead and never drops.
+A watchdog turns an inference that overruns ``decision.inference_timeout_s`` into the fail-safe verdict (and so
+every part queued behind it while the engine stays stuck): a part is never passed because the model did not answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from edge_inspector.bundle.manifest import Manifest
+from edge_inspector.capture.camera import LatestFrameReader, ReopeningSource
+from edge_inspector.capture.sources import Frame, Source
+from edge_inspector.config import CaptureSettings, DecisionSettings, RoiSettings
+from edge_inspector.engines.base import Engine, EngineOutput
+from edge_inspector.log import kv
+from edge_inspector.pipeline.decision import Decision, DecisionParams, decide, fail_safe
+from edge_inspector.pipeline.overlay import draw_overlay
+from edge_inspector.pipeline.results import InspectionResult, Verdict
+from edge_inspector.pipeline.roi import RoiMapper
+from edge_inspector.pipeline.sinks import Sink
+from edge_inspector.pipeline.stats import LoopStats
+from edge_inspector.preprocess import to_model_input
+
+log = logging.getLogger(__name__)
+
+_END = object()  # queue sentinel: no more work will come
+
+
+@dataclass
+class _Job:
+    frame: Frame
+    timings: dict[str, float] = field(default_factory=dict)
+    model_to_frame: np.ndarray | None = None
+    output: EngineOutput | None = None
+    error: str | None = None
+    started: float = 0.0  # time.monotonic() when inference began, for the watchdog
+    abandoned: bool = False  # the watchdog gave it the fail-safe verdict; a late engine answer is dropped
+
+
+class InspectionLoop:
+    """Runs the line until the source ends, ``max_frames`` parts are judged, or ``stop()``.
+
+    Args:
+        source: an unopened frame source.
+        engine: an opened engine.
+        manifest: the bundle's manifest (input size, thresholds, model id).
+        sinks: result consumers, called in order from the publish thread.
+        overlay: draw the overlay for 'all' parts, 'fail' parts only (archive), or 'none'.
+    """
+
+    def __init__(self, source: Source, engine: Engine, manifest: Manifest, sinks: list[Sink], *,
+                 capture: CaptureSettings | None = None, decision: DecisionSettings | None = None,
+                 roi: RoiSettings | None = None, station: str = "station-1", overlay: str = "fail"):
+        self.capture = capture or CaptureSettings()
+        decision = decision or DecisionSettings()
+        self.engine, self.manifest, self.sinks, self.station = engine, manifest, sinks, station
+        self.overlay = overlay
+        self.params = DecisionParams(
+            threshold=decision.threshold or manifest.thresholds.image,
+            pixel_threshold=decision.pixel_threshold or manifest.thresholds.pixel,
+            sensitivity=decision.sensitivity,
+            min_region_area_px=decision.min_region_area_px,
+            fail_safe_verdict=Verdict(decision.fail_safe_verdict),
+        )
+        self.timeout_s = decision.inference_timeout_s
+        self.mode = self.capture.mode if self.capture.mode != "auto" else ("free_run" if source.live else "triggered")
+        self.software_trigger = self.mode == "triggered" and self.capture.trigger_source == "mqtt"
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        reopening = ReopeningSource(source, self.capture.reopen_backoff_s, self._stop)
+        self.reader = LatestFrameReader(reopening) if source.live and (self.mode == "free_run" or self.software_trigger) \
+            else reopening
+        self.roi = RoiMapper(roi)
+        self.stats = LoopStats()
+        self._triggers: queue.Queue[str] = queue.Queue()
+        size = self.capture.queue_size
+        self._q_infer: queue.Queue = queue.Queue(size)
+        self._q_decide: queue.Queue = queue.Queue(size)
+        self._q_publish: queue.Queue = queue.Queue(size)
+        self._lock = threading.Lock()
+        self._inflight: _Job | None = None
+        self._capture_done = threading.Event()
+        self._run_id = int(time.time())
+        self._done = threading.Event()
+        stages = (self._capture_stage, self._inference_stage, self._decision_stage, self._publish_stage, self._watchdog)
+        self._threads = [threading.Thread(target=self._guard(fn), name=fn.__name__, daemon=True) for fn in stages]
+
+    def start(self) -> None:
+        self.reader.open()
+        for thread in self._threads:
+            thread.start()
+        log.info("loop started", extra=kv(station=self.station, mode=self.mode, source=self.reader.name,
+                                          engine=self.engine.name, threshold=self.params.effective_threshold))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every result has reached the sinks; True when the loop has finished."""
+        return self._done.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop reading, let what was captured finish, close the sinks and the source."""
+        self._stop.set()
+        self._running.set()
+        self._done.wait(max(5.0, self.timeout_s * 2))
+        self.reader.close()
+
+    def run(self) -> dict:
+        """start + wait + stop; returns the stats snapshot."""
+        self.start()
+        try:
+            while not self.wait(0.2):  # short waits keep Ctrl-C responsive
+                pass
+        finally:
+            self.stop()
+        return self.snapshot()
+
+    def pause(self) -> None:
+        self._running.clear()
+        log.warning("loop paused", extra=kv(station=self.station))
+
+    def resume(self) -> None:
+        self._running.set()
+        log.warning("loop resumed", extra=kv(station=self.station))
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def trigger(self, part_id: str) -> None:
+        """Software trigger: judge the next frame as ``part_id`` (triggered mode with trigger_source=mqtt)."""
+        if not self.software_trigger:
+            raise ValueError("software triggers need capture.mode=triggered and capture.trigger_source=mqtt")
+        self._triggers.put(part_id)
+
+    def set_threshold(self, value: float) -> None:
+        self.params = replace(self.params, threshold=value)
+        log.warning("threshold changed", extra=kv(threshold=value, effective=self.params.effective_threshold))
+
+    def set_sensitivity(self, value: float) -> None:
+        self.params = replace(self.params, sensitivity=value)
+        log.warning("sensitivity changed", extra=kv(sensitivity=value, effective=self.params.effective_threshold))
+
+    def apply_command(self, kind: str, value: float | None = None, part_id: str | None = None) -> dict:
+        """Apply a validated remote command; returns what the line now uses (for the command response)."""
+        actions = {
+            "set_threshold": lambda: self.set_threshold(float(value)),
+            "set_sensitivity": lambda: self.set_sensitivity(float(value)),
+            "pause": self.pause,
+            "resume": self.resume,
+            "trigger": lambda: self.trigger(str(part_id)),
+        }
+        if kind not in actions:
+            raise ValueError(f"unknown command kind {kind!r}")
+        actions[kind]()
+        return {"threshold": self.params.threshold, "sensitivity": self.params.sensitivity,
+                "effective_threshold": self.params.effective_threshold, "paused": self.paused}
+
+    def snapshot(self) -> dict:
+        snap = self.stats.snapshot()
+        snap["counts"]["dropped"] = snap["counts"].get("dropped", 0) + getattr(self.reader, "dropped", 0)
+        source = self.reader.source if isinstance(self.reader, LatestFrameReader) else self.reader
+        snap["source"] = {"name": source.name, "status": source.status, "reopens": source.reopens}
+        snap.update(mode=self.mode, paused=self.paused, threshold=self.params.effective_threshold)
+        return snap
+
+    # ------------------------------------------------------------------ stages (own threads)
+
+    def _guard(self, stage):
+        def run() -> None:
+            try:
+                stage()
+            except Exception:  # a bug in one stage must stop the loop loudly, not hang it
+                log.exception("loop stage crashed", extra=kv(stage=stage.__name__))
+                self._stop.set()
+                self._capture_done.set()
+                self._done.set()
+        return run
+
+    def _put(self, q: queue.Queue, item) -> bool:
+        """Blocking put that gives up when the loop is stopping (False)."""
+        while True:
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                if self._stop.is_set() and item is not _END:
+                    return False
+
+    def _next_frame(self) -> Frame | None:
+        if self.software_trigger:
+            while True:
+                try:
+                    part_id = self._triggers.get(timeout=0.1)
+                    break
+                except queue.Empty:
+                    if self._stop.is_set():
+                        return None
+            live = isinstance(self.reader, LatestFrameReader)
+            frame = self.reader.read(newer_than=time.time()) if live else self.reader.read()
+            if frame is not None:
+                frame.part_id = part_id
+            return frame
+        if isinstance(self.reader, LatestFrameReader):
+            while not self._stop.is_set():
+                frame = self.reader.read(timeout=0.2)
+                if frame is not None or self.reader.ended:
+                    return frame
+            return None
+        return self.reader.read()
+
+    def _capture_stage(self) -> None:
+        judged_limit = self.capture.max_frames
+        taken = 0
+        while not self._stop.is_set() and not (judged_limit and taken >= judged_limit):
+            while not self._running.wait(0.1):
+                if self._stop.is_set():
+                    break
+            frame = self._next_frame()
+            if frame is None:
+                break
+            taken += 1
+            self.stats.count("frames_read")
+            job = _Job(frame)
+            job.timings["decode"] = frame.decode_ms
+            if self.mode == "free_run":
+                self._put_newest(job)
+            elif not self._put(self._q_infer, job):
+                break
+        self._capture_done.set()
+
+    def _put_newest(self, job: _Job) -> None:
+        """Free run: make room by dropping the oldest waiting frame (counted), never block the camera."""
+        while True:
+            try:
+                self._q_infer.put_nowait(job)
+                return
+            except queue.Full:
+                try:
+                    self._q_infer.get_nowait()
+                    self.stats.count("dropped")
+                except queue.Empty:
+                    pass
+
+    def _inference_stage(self) -> None:
+        spec = self.manifest.input
+        buffer = np.empty((spec.height, spec.width, 3), np.uint8)
+        while True:
+            try:
+                job = self._q_infer.get(timeout=0.1)
+            except queue.Empty:
+                if self._capture_done.is_set() and self._q_infer.empty():
+                    break
+                continue
+            start = time.perf_counter()
+            try:
+                roi_image = self.roi.cut(job.frame.image)
+                image, placement = to_model_input(roi_image, spec.width, spec.height, spec.resize, spec.pad_value,
+                                                  out=buffer)
+                job.model_to_frame = self.roi.model_to_frame(placement)
+            except Exception as exc:  # bad frame or ROI: judge this part fail-safe, keep the line running
+                job.error = f"preprocessing failed: {exc}"
+                self._put(self._q_decide, job)
+                continue
+            job.timings["preprocess"] = (time.perf_counter() - start) * 1e3
+            with self._lock:
+                job.started = time.monotonic()
+                self._inflight = job
+            start = time.perf_counter()
+            try:
+                output = self.engine.infer(image)
+                error = None
+            except Exception as exc:  # any engine failure becomes the fail-safe verdict downstream
+                output, error = None, f"inference failed: {exc}"
+            elapsed = (time.perf_counter() - start) * 1e3
+            with self._lock:
+                self._inflight = None
+                if job.abandoned:
+                    continue
+            job.output, job.error = output, error
+            job.timings["inference"] = elapsed
+            self._put(self._q_decide, job)
+        with self._lock:
+            abandoned = self._inflight is not None
+        if not abandoned:
+            self._put(self._q_decide, _END)
+
+    def _watchdog(self) -> None:
+        """Fail-safe the part whose inference overran the timeout, and every part queued while the engine is stuck."""
+        tick = min(0.05, self.timeout_s / 4)
+        while not self._done.is_set():
+            time.sleep(tick)
+            with self._lock:
+                job = self._inflight
+                overdue = job is not None and time.monotonic() - job.started > self.timeout_s
+                newly = overdue and not job.abandoned
+                if newly:
+                    job.abandoned = True
+                    job.error = f"inference timed out after {self.timeout_s:g} s"
+            if not overdue:
+                continue
+            if newly:
+                self.stats.count("timeouts")
+                self._put(self._q_decide, job)
+            while True:
+                try:
+                    queued = self._q_infer.get_nowait()
+                except queue.Empty:
+                    break
+                queued.error = "engine still busy with a timed-out inference"
+                self._put(self._q_decide, queued)
+            if self._capture_done.is_set() and self._q_infer.empty():
+                with self._lock:
+                    still_stuck = self._inflight is not None
+                if still_stuck:  # the inference thread may never return: finish the run without it
+                    self._put(self._q_decide, _END)
+                    return
+
+    def _decision_stage(self) -> None:
+        while True:
+            job = self._q_decide.get()
+            if job is _END:
+                self._put(self._q_publish, _END)
+                return
+            self._put(self._q_publish, self._judge(job))
+
+    def _judge(self, job: _Job) -> InspectionResult:
+        params = self.params  # one consistent snapshot even if a command changes it meanwhile
+        frame = job.frame
+        start = time.perf_counter()
+        if job.output is None or job.error:
+            decision = fail_safe(params, job.error or "no model output")
+            self.stats.count("errors")
+            log.warning("fail-safe verdict", extra=kv(frame=frame.index, error=decision.error))
+        else:
+            try:
+                decision = decide(job.output.anomaly_map, job.output.score, params, job.model_to_frame,
+                                  frame.image.shape)
+            except Exception as exc:  # fail closed on anything unexpected
+                decision = fail_safe(params, f"decision failed: {exc}")
+        job.timings["decision"] = (time.perf_counter() - start) * 1e3
+        overlay = None
+        if self.overlay == "all" or (self.overlay == "fail" and decision.verdict != Verdict.PASS):
+            start = time.perf_counter()
+            overlay = self._draw(job, decision, params)
+            job.timings["overlay"] = (time.perf_counter() - start) * 1e3
+        decided = time.time()
+        job.timings["total"] = (decided - frame.captured_at) * 1e3 + frame.decode_ms
+        for stage, ms in job.timings.items():
+            self.stats.record(stage, ms)
+        self.stats.count("judged")
+        self.stats.count(decision.verdict.value)
+        return InspectionResult(
+            sequence=0, part_id=frame.part_id or f"{self.station}-{self._run_id}-{frame.index}",
+            captured_at=frame.captured_at, decided_at=decided, verdict=decision.verdict, score=decision.score,
+            normalized_score=decision.normalized_score, threshold=decision.threshold, regions=decision.regions,
+            model_id=self.manifest.model_id, latency_ms={k: round(v, 3) for k, v in job.timings.items()},
+            source=frame.name or frame.source, frame_index=frame.index, error=decision.error, mask=decision.mask,
+            frame=frame.image, overlay=overlay, ground_truth=frame.label,
+        )
+
+    def _draw(self, job: _Job, decision: Decision, params: DecisionParams) -> np.ndarray | None:
+        try:
+            return draw_overlay(job.frame.image, job.output.anomaly_map if job.output else None,
+                                job.model_to_frame if job.model_to_frame is not None else np.eye(2, 3),
+                                params.pixel_threshold, decision.verdict, decision.normalized_score,
+                                decision.regions, self.roi.outline())
+        except Exception:  # an overlay is a picture: failing to draw it must not cost the verdict
+            log.exception("overlay failed", extra=kv(frame=job.frame.index))
+            return None
+
+    def _publish_stage(self) -> None:
+        while True:
+            result = self._q_publish.get()
+            if result is _END:
+                break
+            start = time.perf_counter()
+            for sink in self.sinks:
+                try:
+                    sink.handle(result)
+                except Exception:  # one broken sink must not silence the others
+                    self.stats.count("sink_errors")
+                    log.exception("sink failed", extra=kv(sink=type(sink).__name__))
+            self.stats.record("publish", (time.perf_counter() - start) * 1e3)
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:  # still close the others and finish
+                log.exception("sink close failed", extra=kv(sink=type(sink).__name__))
+        self._done.set()
