@@ -1,0 +1,93 @@
+"""Bit allocation: exact against brute force, budget respected, pins honoured, greedy repair."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from edge_inspector.errors import ConfigError
+from edge_inspector.quantization.bitplan import (
+    ORDER,
+    UnitCost,
+    allocate,
+    capacity_bits,
+    plan_bits,
+    repair,
+)
+
+
+def _random_units(rng: random.Random, n: int) -> list[UnitCost]:
+    units = []
+    for i in range(n):
+        p4 = rng.uniform(0, 10)
+        units.append(UnitCost(f"u{i}", rng.choice([9, 27, 64, 100, 250, 576]), {"w4a8": p4, "w8a8": p4 * rng.uniform(0, 0.3)},
+                              min_bits=8 if rng.random() < 0.2 else 4))
+    return units
+
+
+def _brute_force(units: list[UnitCost], capacity: int) -> float | None:
+    best = None
+    for combo in itertools.product(*(u.choices() for u in units)):
+        plan = dict(zip((u.name for u in units), combo))
+        if plan_bits(units, plan) <= capacity:
+            pen = sum(u.cost_of(p) for u, p in zip(units, combo))
+            best = pen if best is None else min(best, pen)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_allocation_matches_brute_force(seed):
+    rng = random.Random(seed)
+    units = _random_units(rng, rng.randint(1, 7))
+    total = sum(u.params for u in units)
+    capacity = int(rng.uniform(4, 14) * total)
+    expected = _brute_force(units, capacity)
+    if expected is None:
+        with pytest.raises(ConfigError, match="below the smallest possible plan"):
+            allocate(units, capacity)
+        return
+    plan = allocate(units, capacity)
+    assert plan_bits(units, plan) <= capacity
+    assert sum(u.cost_of(plan[u.name]) for u in units) == pytest.approx(expected, abs=1e-9)
+    for u in units:
+        assert plan[u.name] in u.choices()
+        if u.min_bits == 8:
+            assert plan[u.name] != "w4a8"
+
+
+def test_budget_units_and_pins():
+    units = [UnitCost("first", 100, {"w4a8": 0.1, "w8a8": 0.0}, min_bits=8),
+             UnitCost("mid", 1000, {"w4a8": 1.0, "w8a8": 0.1}),
+             UnitCost("big", 1000, {"w4a8": 0.5, "w8a8": 0.05})]
+    assert capacity_bits(units, budget_bits=5.0) == 5 * 2100
+    assert capacity_bits(units, budget_bytes=1000) == 8000
+    # 6.2 bits on average: only one of the two big units fits at 8 bits (the more sensitive one); the pinned one has 8
+    plan = allocate(units, capacity_bits(units, budget_bits=6.2))
+    assert plan == {"first": "w8a8", "mid": "w8a8", "big": "w4a8"}
+    # unlimited: everything with a penalty is kept; "first" costs nothing at 8 bits, and ties go to fewer bits
+    assert allocate(units, capacity_bits(units, budget_bits=32)) == {"first": "w8a8", "mid": "keep", "big": "keep"}
+    for bad in ({}, {"budget_bits": 5, "budget_bytes": 10}, {"budget_bits": 2.0}, {"budget_bytes": -1}):
+        with pytest.raises(ConfigError):
+            capacity_bits(units, **bad)
+
+
+def test_repair_promotes_best_gain_per_byte_until_within_tolerance():
+    units = [UnitCost("a", 100, {"w4a8": 1.0, "w8a8": 0.0}),  # gain/byte 1/200
+             UnitCost("b", 10, {"w4a8": 0.5, "w8a8": 0.0}),  # gain/byte 0.5/20: promoted first
+             UnitCost("c", 1000, {"w4a8": 0.2, "w8a8": 0.1})]
+    true_drop = {"a": 2.0, "b": 1.0, "c": 0.5}
+
+    def drop(plan):
+        return sum(true_drop[n] for n, p in plan.items() if p == "w4a8")
+
+    result = repair(units, {u.name: "w4a8" for u in units}, drop, tolerance=1.0)
+    assert [s.promoted for s in result.steps] == ["b", "a"]
+    assert result.within_tolerance and result.drop == 0.5
+    assert result.plan == {"a": "w8a8", "b": "w8a8", "c": "w4a8"}
+    # an unreachable tolerance stops when everything is kept, and says so
+    stuck = repair(units, {u.name: "w4a8" for u in units}, lambda plan: 5.0, tolerance=1.0)
+    assert not stuck.within_tolerance and set(stuck.plan.values()) == {"keep"}
+    assert len(stuck.steps) == 2 * len(units)
+    assert ORDER == ("w4a8", "w8a8", "keep")
