@@ -1,0 +1,85 @@
+"""``edge-inspector build-engine``: build a TensorRT plan for this GPU, check it against ONNX Runtime, time it.
+
+    edge-inspector build-engine --model models/magnetic_tile [--workspace-mb 1024] [--timing-cache FILE]
+                                [--batch 1] [--out FILE] [--skip-parity] [--latency-runs 200]
+
+Run it on the device that will run the plan (a Jetson or the line PC's GPU). The build fails (exit 1, plan removed)
+when the plan's scores drift from ONNX Runtime's beyond the manifest's ``parity`` tolerances on the bundle's
+calibration images.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model bundle folder (holds manifest.yaml and the ONNX graph)")
+    parser.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT workspace limit in MiB (default 1024)")
+    parser.add_argument("--timing-cache", type=Path, default=None,
+                        help="persistent timing cache file (default: next to the plan in <bundle>/plans/)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="optimisation profile batch (default 1; > 1 needs a dynamic-batch graph)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="plan file (default <bundle>/plans/<gpu>-trt<version>.plan)")
+    parser.add_argument("--skip-parity", action="store_true",
+                        help="keep the plan without checking it against ONNX Runtime (not for production)")
+    parser.add_argument("--latency-runs", type=int, default=200, help="timed runs for the latency summary")
+
+
+def main(args: argparse.Namespace) -> int:
+    from edge_inspector.bundle.plans import read_sidecar, sidecar_path, write_sidecar
+    from edge_inspector.bundle.store import load_bundle
+    from edge_inspector.engines.trt_build import BuildOptions, build_engine
+
+    bundle = load_bundle(args.model)
+    options = BuildOptions(
+        workspace_mb=args.workspace_mb, batch=args.batch, timing_cache=args.timing_cache, out=args.out,
+    )
+    result = build_engine(bundle, options)
+    sidecar = result.sidecar
+    print(f"plan      {result.plan_path}")
+    print(f"built on  {sidecar.gpu_name} (sm {sidecar.compute_capability}), TensorRT {sidecar.tensorrt_version}")
+    print("timings   " + "  ".join(f"{k} {v:.2f}" for k, v in sidecar.build_timings_s.items()))
+    prep = result.preparation
+    print(f"graph     {prep.qdq_nodes} Q/DQ nodes, FP32 pins: {', '.join(prep.fp32_nodes) or 'none'}")
+    if result.fp16_check:
+        print(f"fp16      max score drift in ONNX Runtime {result.fp16_check['max_score_drift']:.2e}")
+    if args.skip_parity:
+        print("parity    skipped (--skip-parity): this plan was not checked against ONNX Runtime")
+        return 0
+
+    from edge_inspector.engines.ort import OrtEngine
+    from edge_inspector.engines.parity import compare_engines, measure_latency
+    from edge_inspector.engines.trt_run import TrtEngine
+    from edge_inspector.errors import BundleError
+
+    images = bundle.calibration_images()
+    if not len(images):
+        raise BundleError(
+            f"{bundle.path} ships no calibration images, so the plan cannot be checked against ONNX Runtime; "
+            "re-export the bundle with calibration images, or pass --skip-parity"
+        )
+    trt_engine, ort_engine = TrtEngine(bundle, result.plan_path), OrtEngine(bundle)
+    try:
+        report = compare_engines(
+            trt_engine, ort_engine, images, bundle.manifest.thresholds.image, bundle.manifest.parity, progress=True
+        )
+        print(report.summary())
+        if not report.passed:
+            for path in (result.plan_path, sidecar_path(result.plan_path)):
+                path.unlink(missing_ok=True)
+            print(f"build failed: plan removed so the line cannot pick it up ({result.plan_path.name})")
+            return 1
+        trt_latency = measure_latency(trt_engine, images[0], runs=args.latency_runs)
+        ort_latency = measure_latency(ort_engine, images[0], runs=max(1, min(args.latency_runs, 20)), warmup=1)
+        print(trt_latency.summary())
+        print(ort_latency.summary())
+    finally:
+        trt_engine.close()
+        ort_engine.close()
+    sidecar = read_sidecar(result.plan_path)
+    sidecar.parity = {**report.to_dict(), "latency": trt_latency.to_dict(), "onnxruntime_latency": ort_latency.to_dict()}
+    write_sidecar(result.plan_path, sidecar)
+    return 0
