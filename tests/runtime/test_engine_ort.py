@@ -1,0 +1,102 @@
+"""OrtEngine: real ONNX Runtime on the tiny bundle; refusal of missing, corrupt and mismatched bundles."""
+
+import numpy as np
+import onnx
+import pytest
+
+from edge_inspector.bundle.store import load_bundle, write_bundle
+from edge_inspector.config import EngineSettings
+from edge_inspector.engines.base import Engine
+from edge_inspector.engines.ort import OrtEngine
+from edge_inspector.engines.select import open_engine
+from edge_inspector.errors import BundleError, EngineError
+from tests.fixtures.bundles import make_tiny_bundle, tiny_graph
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return load_bundle(make_tiny_bundle(tmp_path / "bundle", width=48, height=32).path)
+
+
+def test_infers_map_and_score_at_model_size(bundle):
+    engine = OrtEngine(bundle, EngineSettings(intra_op_threads=1, graph_optimization="basic"))
+    assert isinstance(engine, Engine)
+    image = np.full((32, 48, 3), 128, np.uint8)
+    image[10:14, 5:40] = 20
+    out = engine.infer(image)
+    assert out.anomaly_map.shape == (32, 48) and out.anomaly_map.dtype == np.float32
+    assert out.score == pytest.approx(float(out.anomaly_map.max()))
+    assert out.score > bundle.manifest.thresholds.image
+    described = engine.describe()
+    assert described["backend"] == "onnxruntime" and described["intra_op_threads"] == "1"
+    assert described["graph_optimization"] == "basic" and "CPUExecutionProvider" in described["providers"]
+
+
+def test_wrong_image_shape_is_an_engine_error(bundle):
+    engine = OrtEngine(bundle)
+    with pytest.raises(EngineError, match=r"uint8 \(32, 48, 3\)"):
+        engine.infer(np.zeros((48, 32, 3), np.uint8))
+    with pytest.raises(EngineError, match="float32"):
+        engine.infer(np.zeros((32, 48, 3), np.float32))
+
+
+def test_open_engine_auto_gives_onnxruntime_and_warms_up(bundle):
+    engine = open_engine(bundle, EngineSettings(backend="auto", warmup_runs=1))
+    assert engine.name == "onnxruntime"
+    engine.close()
+
+
+def test_missing_bundle_is_refused(tmp_path):
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_corrupt_graph_is_refused_even_without_hash_check(bundle):
+    bundle.onnx_path.write_bytes(b"\x08\x07 this is not protobuf \xff\xff\xff")
+    with pytest.raises(BundleError, match="does not match its manifest"):
+        load_bundle(bundle.path)
+    with pytest.raises(BundleError, match="corrupt"):
+        OrtEngine(load_bundle(bundle.path, verify_hash=False))
+
+
+def test_corrupt_manifest_is_refused(bundle):
+    (bundle.path / "manifest.yaml").write_text("model_id: [unclosed\n")
+    with pytest.raises(BundleError, match="not valid YAML"):
+        load_bundle(bundle.path)
+
+
+def _rewrite(bundle, tmp_path, graph=None, **manifest_changes):
+    """A new bundle from ``bundle`` with another graph and/or manifest fields changed."""
+    manifest = bundle.manifest.model_copy(deep=True)
+    for dotted, value in manifest_changes.items():
+        target = manifest
+        *parents, last = dotted.split("__")
+        for name in parents:
+            target = getattr(target, name)
+        setattr(target, last, value)
+    path = tmp_path / "graph.onnx"
+    onnx.save(graph if graph is not None else onnx.load(str(bundle.onnx_path)), path)
+    return load_bundle(write_bundle(tmp_path / "rewritten", path, manifest).path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"input__width": 64}, r"input shape \[1, 32, 48, 3\] does not match the manifest's NHWC \[1, 32, 64, 3\]"),
+        ({"input__name": "pixels"}, "do not match the manifest's single input 'pixels'"),
+        ({"outputs__score": "image_score"}, r"lacks output\(s\) \['image_score'\]"),
+        ({"graph__opset": 13}, "uses opset 17 but the manifest says 13"),
+    ],
+)
+def test_manifest_that_does_not_match_the_graph_is_refused(bundle, tmp_path, changes, message):
+    with pytest.raises(BundleError, match=message):
+        OrtEngine(_rewrite(bundle, tmp_path, **changes))
+
+
+def test_float_input_graph_is_refused(bundle, tmp_path):
+    graph = tiny_graph(48, 32)
+    graph.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    graph.graph.node[0].attribute[0].i = onnx.TensorProto.FLOAT
+    with pytest.raises(BundleError, match=r"is tensor\(float\), the manifest says uint8"):
+        OrtEngine(_rewrite(bundle, tmp_path, graph=graph))
+
