@@ -82,6 +82,7 @@ def _one_group(
     maps: np.ndarray | None,
     masks: np.ndarray | None,
     threshold: float | None,
+    pixel_threshold: float | None,
     max_fpr: float,
 ) -> dict[str, float]:
     out: dict[str, float] = {"n_images": float(len(labels)), "n_defective": float(labels.sum())}
@@ -96,6 +97,8 @@ def _one_group(
     if maps is not None and masks is not None:
         out["pixel_auroc"] = pixel_auroc(maps, masks)
         out["aupro"] = aupro(maps, masks, max_fpr)
+        if pixel_threshold is not None:
+            out["pixel_f1"] = f1_at(maps, masks, pixel_threshold)["f1"]
     return out
 
 
@@ -105,6 +108,7 @@ def evaluate_scores(
     maps: np.ndarray | None = None,
     masks: np.ndarray | None = None,
     threshold: float | None = None,
+    pixel_threshold: float | None = None,
     max_fpr: float = 0.3,
 ) -> dict[str, dict[str, float]]:
     """All metrics overall and per defect type (each type against all good images).
@@ -114,13 +118,14 @@ def evaluate_scores(
         defects: (N,) defect type per image, 'good' for normal ones.
         maps: optional (N, H, W) anomaly maps; masks: their (N, H, W) bool ground truth.
         threshold: the calibrated image threshold (F1, precision, recall at it are reported when given).
+        pixel_threshold: the calibrated map threshold (pixel F1 at it is reported when given).
 
     Returns:
         {'overall': {...}, '<defect type>': {...}, ...}.
     """
     defects_arr = np.asarray(defects)
     labels = defects_arr != GOOD
-    results = {"overall": _one_group(image_scores, labels, maps, masks, threshold, max_fpr)}
+    results = {"overall": _one_group(image_scores, labels, maps, masks, threshold, pixel_threshold, max_fpr)}
     for defect in sorted(set(defects_arr[labels].tolist())):
         keep = (defects_arr == GOOD) | (defects_arr == defect)
         results[defect] = _one_group(
@@ -129,6 +134,7 @@ def evaluate_scores(
             None if maps is None else maps[keep],
             None if masks is None else masks[keep],
             threshold,
+            pixel_threshold,
             max_fpr,
         )
     return results

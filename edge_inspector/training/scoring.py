@@ -175,3 +175,15 @@ def fit_normal_statistics(
     stride = max(1, maps.size // 1_000_000)
     pixel_sample = maps.ravel()[::stride].copy()
     return NormalStatistics(score_stats(scores), score_stats(maps), scores, pixel_sample)
+
+
+def make_scorer(model: nn.Module, preset) -> AnomalyScorer:
+    """An ``AnomalyScorer`` for ``model`` with the input size and score settings of ``preset`` (a model Preset)."""
+    return AnomalyScorer(
+        model,
+        preset.model.height,
+        preset.model.width,
+        preset.score.aggregation,
+        preset.score.topk_fraction,
+        preset.score.blur_sigma,
+    )

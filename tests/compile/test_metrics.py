@@ -62,7 +62,7 @@ def test_evaluate_scores_overall_and_per_type():
     for i in range(3, 6):
         masks[i, 1:3, 1:3] = True
         maps[i, 1:3, 1:3] = 1.0
-    result = evaluate_scores(scores, defects, maps, masks, threshold=0.5)
+    result = evaluate_scores(scores, defects, maps, masks, threshold=0.5, pixel_threshold=0.5)
     overall = result["overall"]
     assert set(result) == {"overall", "crack", "hole"}
     # mean: positives .25,.9,.8 vs negatives .1,.2,.3 -> .25 loses to .3 only -> 8/9
@@ -71,6 +71,6 @@ def test_evaluate_scores_overall_and_per_type():
     # at 0.5: tp=2 (0.9, 0.8), fp=0, fn=1 -> precision 1, recall 2/3, F1 0.8
     assert overall["image_f1"] == pytest.approx(0.8) and overall["image_recall"] == pytest.approx(2 / 3)
     assert overall["image_f1_best"] == pytest.approx(6 / 7)  # cut at .25: tp 3, fp 1 (.3)
-    assert overall["pixel_auroc"] == 1.0 and overall["aupro"] == pytest.approx(1.0)
+    assert overall["pixel_auroc"] == 1.0 and overall["aupro"] == pytest.approx(1.0) and overall["pixel_f1"] == 1.0
     assert result["crack"]["image_auroc"] == pytest.approx(5 / 6)  # .25 vs (.1,.2,.3) 2/3; .9 -> 3/3
     assert result["hole"]["image_auroc"] == 1.0 and result["hole"]["n_images"] == 4

@@ -1,0 +1,114 @@
+"""Evaluation output a person reads: a JSON result, a plain-text table and a few overlay images.
+
+Each overlay PNG is one row of three panels: the model input, the anomaly heatmap over it (colour 0.5 of the scale =
+the pixel threshold), and predicted vs true defect pixels (green = both, red = predicted only, blue = missed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_inspector.data.folders import Category
+
+RESULT_NAME, TABLE_NAME, OVERLAY_DIR = "result.json", "table.txt", "overlays"
+_COLUMNS = (
+    ("n", "n_images", "{:.0f}"),
+    ("img AUROC", "image_auroc", "{:.3f}"),
+    ("mean", "image_auroc_mean", "{:.3f}"),
+    ("max", "image_auroc_max", "{:.3f}"),
+    ("topk", "image_auroc_topk", "{:.3f}"),
+    ("pix AUROC", "pixel_auroc", "{:.3f}"),
+    ("AUPRO", "aupro", "{:.3f}"),
+    ("F1@thr", "image_f1", "{:.3f}"),
+    ("F1 best", "image_f1_best", "{:.3f}"),
+    ("pix F1", "pixel_f1", "{:.3f}"),
+)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The metrics as an aligned text table: one row per group (overall first, then each defect type)."""
+    metrics = result["metrics"]
+    header = ["group", *(name for name, _, _ in _COLUMNS)]
+    rows = [header]
+    for group in ["overall", *sorted(k for k in metrics if k != "overall")]:
+        values = metrics[group]
+        rows.append([group, *(fmt.format(values[key]) if key in values else "-" for _, key, fmt in _COLUMNS)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    model = result.get("model", {})
+    title = (f"{result['dataset']['name']}: {model.get('model_id', model.get('path', '?'))} via {result['engine']}, "
+             f"score = {result['aggregation']} (columns mean/max/topk: image AUROC per aggregation)")
+    latency = result.get("latency_ms") or {}
+    tail = [f"latency per image: mean {latency['mean']:.1f} ms, p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms"] if latency else []
+    return "\n".join([title, *lines, *tail])
+
+
+def _heatmap(image: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray:
+    scaled = np.clip(anomaly_map / (2 * pixel_threshold), 0, 1)
+    colour = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), 0.5, colour, 0.5, 0)
+
+
+def _mask_panel(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    panel = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2BGR) // 2
+    panel[predicted & truth] = (0, 200, 0)
+    panel[predicted & ~truth] = (0, 0, 230)
+    panel[~predicted & truth] = (230, 80, 0)
+    return panel
+
+
+def pick_overlays(category: Category, scores: np.ndarray, count: int) -> list[int]:
+    """Indices worth looking at: per defect type its highest- and lowest-scored image, then the top good one."""
+    defects = np.array([s.defect for s in category.test])
+    picked: list[int] = []
+    for defect in category.defect_types:
+        idx = np.flatnonzero(defects == defect)
+        order = idx[np.argsort(scores[idx])]
+        picked += [int(order[-1]), int(order[0])]
+    good = np.flatnonzero(defects == "good")
+    if len(good):
+        picked.append(int(good[np.argmax(scores[good])]))
+    return list(dict.fromkeys(picked))[:count]
+
+
+def write_overlays(
+    out_dir: Path,
+    category: Category,
+    images: np.ndarray,
+    maps: np.ndarray,
+    masks: np.ndarray,
+    scores: np.ndarray,
+    pixel_threshold: float,
+    count: int = 8,
+) -> list[Path]:
+    """Write a few three-panel overlay PNGs; returns their paths."""
+    folder = out_dir / OVERLAY_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in pick_overlays(category, scores, count):
+        sample = category.test[i]
+        row = np.concatenate([
+            cv2.cvtColor(images[i], cv2.COLOR_RGB2BGR),
+            _heatmap(images[i], maps[i], pixel_threshold),
+            _mask_panel(images[i], maps[i] >= pixel_threshold, masks[i]),
+        ], axis=1)
+        path = folder / f"{sample.defect}_{sample.path.stem}_score{scores[i]:.4g}.png"
+        cv2.imwrite(str(path), row)
+        written.append(path)
+    return written
+
+
+def write_result(out_dir: Path, result: dict[str, Any]) -> tuple[Path, Path]:
+    """Write result.json and table.txt into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, table_path = out_dir / RESULT_NAME, out_dir / TABLE_NAME
+    json_path.write_text(json.dumps(result, indent=2, default=str))
+    table_path.write_text(format_table(result) + "\n")
+    return json_path, table_path
