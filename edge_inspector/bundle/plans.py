@@ -40,7 +40,7 @@ class DeviceInfo:
         if not self.tensorrt_version:
             return "TensorRT not installed"
         if not self.gpu_name:
-            return "no NVIDIA GPU found"
+            return "no NVIDIA GPU found (needs the NVIDIA driver and pycuda)"
         return None
 
 
@@ -143,6 +143,22 @@ def list_plans(plans_dir: str | Path) -> list[tuple[Path, PlanSidecar | None]]:
             found.append((plan, None))
     found.sort(key=lambda item: item[1].created if item[1] else "", reverse=True)
     return found
+
+
+def plan_candidates(bundle_dir: str | Path, explicit: str | Path | None = None) -> list[tuple[Path, PlanSidecar | None]]:
+    """The plans the backend choice may use: ``explicit`` alone when given (a relative path is tried from the
+    working directory, then from the bundle's ``plans/``), else every plan in ``<bundle>/plans``."""
+    if explicit is None:
+        return list_plans(Path(bundle_dir) / "plans")
+    path = Path(explicit)
+    if not path.is_absolute() and not path.exists() and (Path(bundle_dir) / "plans" / path).exists():
+        path = Path(bundle_dir) / "plans" / path
+    if not path.is_file():
+        raise BundleError(f"TensorRT plan not found: {explicit} (engine.plan)")
+    try:
+        return [(path, read_sidecar(path))]
+    except BundleError:
+        return [(path, None)]
 
 
 def rebuild_command(bundle_dir: str | Path | None) -> str:

@@ -7,7 +7,7 @@ import logging
 from edge_inspector.bundle.store import Bundle
 from edge_inspector.config import EngineSettings
 from edge_inspector.engines.base import Engine
-from edge_inspector.errors import EngineError
+from edge_inspector.errors import EdgeInspectorError
 from edge_inspector.log import kv
 
 log = logging.getLogger(__name__)
@@ -19,14 +19,30 @@ def open_engine(bundle: Bundle, settings: EngineSettings) -> Engine:
     Raises:
         BundleError: the bundle does not match its graph.
         EngineError: the requested backend is not available here.
+        PlanMismatchError / MissingDependencyError: 'tensorrt' requested without a fitting plan / without TensorRT.
     """
     backend = settings.backend
-    if backend == "tensorrt":
-        raise EngineError("The TensorRT backend is not available in this build; use engine.backend=onnxruntime")
+    from edge_inspector.bundle.plans import BackendChoice, DeviceInfo, choose_backend, plan_candidates
     from edge_inspector.engines.ort import OrtEngine
+    from edge_inspector.engines.trt_run import TrtEngine, probe_device
 
-    engine = OrtEngine(bundle, settings)
-    log.info("engine selected", extra=kv(requested=backend, backend=engine.name, reason="default CPU engine"))
+    # Probing imports tensorrt and touches the GPU: only when TensorRT might be chosen.
+    device = DeviceInfo() if backend == "onnxruntime" else probe_device()
+    candidates = [] if backend == "onnxruntime" else plan_candidates(bundle.path, settings.plan)
+    choice = choose_backend(backend, candidates, device, bundle.manifest.graph.sha256, bundle.path)
+    engine = None
+    if choice.backend == "tensorrt":
+        try:
+            engine = TrtEngine(bundle, choice.plan)
+        except EdgeInspectorError as exc:
+            if backend == "tensorrt":
+                raise
+            # auto: a line that can run on the CPU should run, and say loudly why it is not on the GPU.
+            log.warning("tensorrt engine failed, using onnxruntime", extra=kv(plan=str(choice.plan), error=str(exc)))
+            choice = BackendChoice("onnxruntime", None, f"ONNX Runtime: TensorRT plan {choice.plan} failed: {exc}")
+    if engine is None:
+        engine = OrtEngine(bundle, settings)
+    log.info("engine selected", extra=kv(requested=backend, backend=engine.name, reason=choice.reason))
     if settings.warmup_runs:
         engine.warmup(settings.warmup_runs)
     return engine
