@@ -27,6 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_inspector.errors import ConfigError
+from edge_inspector.quantization.fakequant import BIAS_QMAX, QuantConv2d
 
 QDQ_OPSET = 21
 ORT_SESSION_CONFIG = {"session.qdqisint8allowed": "1"}
@@ -64,7 +65,7 @@ class ConvQuant:
     reference: np.ndarray | None = None
 
 
-def conv_quant_from_module(module) -> ConvQuant:  # module: QuantConv2d (torch kept out of this module's imports)
+def conv_quant_from_module(module: QuantConv2d) -> ConvQuant:
     """Read the integer codes and scales a calibrated ``QuantConv2d`` uses in its forward."""
     codes, w_scale, bias = module.quantized_params()
     scales = module.act_scales()
@@ -72,7 +73,8 @@ def conv_quant_from_module(module) -> ConvQuant:  # module: QuantConv2d (torch k
     bias_codes = None
     if bias is not None:
         grid = np.float32(scales.input) * w_scale_np
-        bias_codes = np.round(bias.cpu().numpy().astype(np.float32) / grid).astype(np.int32)
+        codes_f = np.round(bias.cpu().numpy().astype(np.float32) / grid)
+        bias_codes = np.clip(codes_f, -BIAS_QMAX, BIAS_QMAX).astype(np.int32)
     return ConvQuant(
         codes=codes.cpu().numpy().astype(np.int8),
         weight_scale=w_scale_np,
@@ -233,6 +235,37 @@ def _conv_qdq(
         helper.make_node("DequantizeLinear", [f"{p}/y_q", f"{p}/out_scale", f"{p}/out_zp"], [y], name=f"{p}/y_DQ"),
     ]
     return pre, post, inits
+
+
+def dedupe_initializers(model: onnx.ModelProto) -> int:
+    """Merge initializers with identical dtype, shape and bytes (in place); returns how many were removed.
+
+    The exporter writes one copy of a buffer per module even when they are equal (HaloAE's relative-position index
+    tables: one per attention block, all the same); the graph computes exactly the same with one shared copy.
+    """
+    graph = model.graph
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    kept = []
+    graph_inputs = {i.name for i in graph.input}
+    for t in graph.initializer:
+        if t.name in graph_inputs:  # an overridable input must keep its own name
+            kept.append(t)
+            continue
+        key = (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes())
+        if key in first:
+            rename[t.name] = first[key]
+        else:
+            first[key] = t.name
+            kept.append(t)
+    if rename:
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return len(rename)
 
 
 def initializer_bytes(model: onnx.ModelProto) -> int:

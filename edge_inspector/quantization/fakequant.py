@@ -19,13 +19,16 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.func import functional_call
 
 Precision = Literal["w4a8", "w8a8", "keep"]
 PRECISION_WEIGHT_BITS: dict[str, int] = {"w4a8": 4, "w8a8": 8, "keep": 32}
 ACT_BITS = 8
 ACT_QMAX = 2 ** (ACT_BITS - 1) - 1
-BIAS_QMAX = 2**31 - 1
+BIAS_QMAX = 2**31 - 128
+"""Largest int32 bias code that float32 represents exactly (so torch and ONNX clip to the same number)."""
+MIN_WEIGHT_RANGE = 1e-6
+"""Floor on a channel's ``max|w|``: an all-zero channel keeps a scale that leaves its bias representable in int32."""
 ObserverKind = Literal["minmax", "percentile"]
 
 
@@ -39,7 +42,7 @@ def qmax_for(bits: int) -> int:
 def weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-output-channel symmetric scale (shape ``[out_channels]``); never zero, so all-zero channels stay zero."""
     amax = weight.detach().abs().flatten(1).amax(dim=1)
-    return torch.clamp(amax, min=1e-12) / qmax_for(bits)
+    return torch.clamp(amax, min=MIN_WEIGHT_RANGE) / qmax_for(bits)
 
 
 def quantize_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,10 +167,10 @@ class QuantConv2d(nn.Module):
         if not self.quantized:
             return self.conv(x)
         s_in = self.in_observer.scale()
-        w = fake_quant_weight(self.conv.weight, self.weight_bits)
-        bias = self.conv.bias
-        if bias is not None:
-            bias = fake_quant_bias(bias, s_in, weight_scale(self.conv.weight, self.weight_bits))
-        c = self.conv
-        y = F.conv2d(fake_quant_act(x, s_in), w, bias, c.stride, c.padding, c.dilation, c.groups)
+        params = {"weight": fake_quant_weight(self.conv.weight, self.weight_bits)}
+        if self.conv.bias is not None:
+            params["bias"] = fake_quant_bias(self.conv.bias, s_in, weight_scale(self.conv.weight, self.weight_bits))
+        # The conv's own forward, with the snapped parameters: subclasses that pad first (TF 'SAME') keep doing so;
+        # zero padding commutes with the (zero-point 0) input quantization, as in the ONNX Pad -> Q/DQ -> Conv.
+        y = functional_call(self.conv, params, (fake_quant_act(x, s_in),))
         return fake_quant_act(y, self.out_observer.scale())

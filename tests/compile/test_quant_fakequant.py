@@ -77,7 +77,7 @@ def test_fold_batchnorm_is_exact_in_eval():
     net = make_tiny_net()
     x = torch.randn(2, 3, 12, 12)
     ref = net(x)
-    pairs = fold_batchnorm(net)
+    pairs = fold_batchnorm(net, x)
     assert pairs == [("stem", "stem_bn")]
     assert torch.allclose(net(x), ref, atol=1e-5)
 
@@ -96,7 +96,7 @@ def test_units_group_attention_and_pin_first_and_last():
 
 def test_quant_conv_modes_and_plan():
     net = make_tiny_net()
-    fold_batchnorm(net)
+    fold_batchnorm(net, torch.randn(1, 3, 12, 12))
     x = torch.randn(2, 3, 12, 12)
     ref = net(x)
     units = discover_units(net)

@@ -11,7 +11,13 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from edge_inspector.errors import ConfigError
-from edge_inspector.export.qdq import conv_quant_from_module, initializer_bytes, insert_qdq, ort_session
+from edge_inspector.export.qdq import (
+    conv_quant_from_module,
+    dedupe_initializers,
+    initializer_bytes,
+    insert_qdq,
+    ort_session,
+)
 from edge_inspector.quantization.units import apply_plan, discover_units, fold_batchnorm, quant_modules, set_mode, wrap_units
 from tests.compile.quant_nets import make_tiny_net
 
@@ -23,7 +29,7 @@ def quantized(tmp_path_factory):
     """(fake-quant torch net, FP32 ONNX exported from it, calibration input)."""
     torch.set_num_threads(1)
     net = make_tiny_net(seed=1)
-    fold_batchnorm(net)
+    fold_batchnorm(net, torch.randn(1, 3, 12, 12))
     units = discover_units(net)
     wrap_units(net, units)
     gen = torch.Generator().manual_seed(0)
@@ -117,3 +123,23 @@ def test_wrong_model_is_refused(quantized):
         insert_qdq(fp32, convs)
     with pytest.raises(ConfigError, match="not in the ONNX graph"):
         insert_qdq(fp32, {"nope": convs["stem"]})
+
+
+def test_dedupe_initializers_keeps_results(quantized):
+    net, fp32, calib = quantized
+    model = _qdq(net, fp32)
+    # duplicate the head weight codes under a new name, used by the head's weight DQ
+    inits = {t.name: t for t in model.graph.initializer}
+    copy = onnx.TensorProto()
+    copy.CopyFrom(inits["head.conv.weight_quantized"])
+    copy.name = "duplicate"
+    model.graph.initializer.append(copy)
+    for node in model.graph.node:
+        if list(node.input[:1]) == ["head.conv.weight_quantized"]:
+            node.input[0] = "duplicate"
+    before = _run(model, calib[:1].numpy())
+    size = initializer_bytes(model)
+    assert dedupe_initializers(model) >= 1
+    assert initializer_bytes(model) < size
+    assert "duplicate" not in {t.name for t in model.graph.initializer}
+    np.testing.assert_array_equal(_run(model, calib[:1].numpy()), before)
