@@ -112,7 +112,7 @@ def find_regions(
         bx, by, bw, bh = cv2.boundingRect(points)
         cv2.fillPoly(mask, [points], 255)
         peak = float(anomaly_map[y : y + h, x : x + w][component > 0].max())
-        regions.append(Region(bx, by, bw, bh, area, peak, [(int(px), int(py)) for px, py in points]))
+        regions.append(Region(bx, by, bw, bh, area, peak, [tuple(point) for point in points.tolist()]))
     return regions, mask
 
 

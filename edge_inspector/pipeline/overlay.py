@@ -34,11 +34,11 @@ def draw_overlay(
     if anomaly_map is not None:
         heat = cv2.warpAffine(anomaly_map.astype(np.float32), model_to_frame, (width, height),
                               flags=cv2.INTER_LINEAR, borderValue=0.0)
-        level = np.clip(heat * (127.5 / pixel_threshold), 0, 255).astype(np.uint8)
+        level = cv2.convertScaleAbs(heat, alpha=127.5 / pixel_threshold)  # saturating cast to uint8 in one pass
         coloured = cv2.applyColorMap(level, cv2.COLORMAP_JET)
         # Only tint where the map approaches the threshold, so the part itself stays readable.
-        hot = level >= 64
-        image[hot] = cv2.addWeighted(image, 1 - HEAT_ALPHA, coloured, HEAT_ALPHA, 0)[hot]
+        _, hot = cv2.threshold(level, 63, 255, cv2.THRESH_BINARY)
+        cv2.copyTo(cv2.addWeighted(image, 1 - HEAT_ALPHA, coloured, HEAT_ALPHA, 0), hot, image)
     if roi_outline is not None:
         cv2.polylines(image, [roi_outline], True, (200, 200, 200), 1, cv2.LINE_AA)
     colour = _COLOURS[verdict]

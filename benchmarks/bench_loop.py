@@ -1,0 +1,218 @@
+"""Loop benchmark (issue 3): the whole line vs inference alone, on the demo line and on magnetic_tile test images.
+
+For each source, in the same run and with the same engine settings:
+
+* **inference alone**: the engine on preprocessed model inputs held in memory (no capture, no threads);
+* **whole loop**: ``InspectionLoop`` in triggered mode (every frame judged, none dropped): capture/decode,
+  preprocess, inference, decision, overlay (FAIL parts, as with the archive on) and publish (MQTT when ``--mqtt``
+  names a broker, else an in-memory sink).
+
+``loop_p50_ms`` is the p50 of the loop's period per part in steady state (time for 10 consecutive results / 10): what
+the loop costs per part while its stages overlap. Target: ``loop_p50_ms <= 1.15 * inference_p50_ms``. ``latency_ms`` holds each stage's p50/p99 inside
+the loop; its ``total`` (capture to decision) includes waiting in the bounded queues of a saturated loop.
+
+    .venv/bin/python benchmarks/bench_loop.py                              # models/demo, both sources
+    .venv/bin/python benchmarks/bench_loop.py --model path/to/bundle --threads 4 --mqtt mqtt://127.0.0.1:1883
+
+Writes benchmarks/results/loop_<model_id>_<source>_<stamp>.json (command, date, machine, fps, loop_p50_ms,
+inference_p50_ms, overhead, per-stage latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+WORK = HERE / "work"
+DATASET = Path("/work/shared/datasets/magnetic_tile")
+TARGET_OVERHEAD = 0.15
+WINDOW = 10
+
+
+def machine() -> dict[str, str]:
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores_available": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()),
+        "load_average_1m": f"{os.getloadavg()[0]:.2f}",
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, np.float64)
+    return {"n": int(array.size), "p50": round(float(np.percentile(array, 50)), 4),
+            "p99": round(float(np.percentile(array, 99)), 4), "mean": round(float(array.mean()), 4)}
+
+
+def make_source(kind: str, args: argparse.Namespace, capture):
+    from edge_inspector.capture.demo_line import DemoLine
+    from edge_inspector.capture.sources import FolderSource
+
+    if kind == "demo":
+        return DemoLine(capture, parts=args.frames, seed=args.seed)
+    return FolderSource(Path(args.data) / "test", capture)
+
+
+def inference_alone(engine, manifest, kind: str, args: argparse.Namespace, capture) -> dict:
+    """The engine on in-memory model inputs: the floor the loop is compared with."""
+    from edge_inspector.preprocess import to_model_input
+
+    source = make_source(kind, args, capture)
+    source.open()
+    spec = manifest.input
+    inputs = []
+    while len(inputs) < args.frames and (frame := source.read()) is not None:
+        inputs.append(to_model_input(frame.image, spec.width, spec.height, spec.resize, spec.pad_value)[0])
+    source.close()
+    for image in inputs[: args.warmup]:
+        engine.infer(image)
+    times = []
+    for image in tqdm(inputs, desc=f"{kind}: inference alone", unit="img"):
+        start = time.perf_counter()
+        engine.infer(image)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"images": len(inputs), **percentiles(times)}
+
+
+class IntervalSink:
+    """Records when each result reaches the sinks (the loop's output rate)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def handle(self, result) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def close(self) -> None:
+        pass
+
+
+def whole_loop(engine, manifest, kind: str, args: argparse.Namespace, capture, publisher) -> dict:
+    from edge_inspector.config import DecisionSettings
+    from edge_inspector.pipeline.loop import InspectionLoop
+    from edge_inspector.pipeline.sinks import PublisherSink
+
+    intervals = IntervalSink()
+    sinks = ([PublisherSink(publisher)] if publisher else []) + [intervals]
+    loop = InspectionLoop(make_source(kind, args, capture), engine, manifest, sinks, capture=capture,
+                          decision=DecisionSettings(), station="bench", overlay=args.overlay)
+    progress = tqdm(total=args.frames, desc=f"{kind}: whole loop", unit="img")
+    start = time.perf_counter()
+    loop.start()
+    while not loop.wait(0.25):
+        progress.n = len(intervals.stamps)
+        progress.refresh()
+    wall = time.perf_counter() - start
+    loop.stop()
+    progress.n = len(intervals.stamps)
+    progress.close()
+    stats = loop.snapshot()
+    stamps = np.asarray(intervals.stamps[args.warmup:])
+    # Results leave the stages in small bursts; the period over a window of WINDOW results smooths that out.
+    steady = (stamps[WINDOW:] - stamps[:-WINDOW]) * 1e3 / WINDOW
+    return {
+        "judged": stats["counts"].get("judged", 0),
+        "dropped": stats["counts"].get("dropped", 0),
+        "verdicts": {v: stats["counts"].get(v, 0) for v in ("PASS", "FAIL", "UNKNOWN")},
+        "fps": round(len(intervals.stamps) / wall, 2),
+        "period_ms": percentiles(steady.tolist()),
+        "latency_ms": {stage: {k: round(v, 4) for k, v in values.items()} for stage, values in stats["latency_ms"].items()},
+    }
+
+
+def run(kind: str, args: argparse.Namespace, stamp: str) -> dict:
+    from edge_inspector.bundle.store import load_bundle
+    from edge_inspector.config import CaptureSettings, EngineSettings, MqttSettings
+    from edge_inspector.engines.select import open_engine
+
+    bundle = load_bundle(args.model)
+    engine = open_engine(bundle, EngineSettings(backend=args.backend, intra_op_threads=args.threads))
+    capture = CaptureSettings(mode="triggered", max_frames=args.frames, loop=kind == "magnetic_tile")
+    publisher = None
+    if args.mqtt:
+        from edge_inspector.publish.mqtt import ResultPublisher
+
+        spool = WORK / f"bench_loop_spool_{stamp}_{kind}"
+        publisher = ResultPublisher(MqttSettings(url=args.mqtt, spool_dir=str(spool)), "bench")
+        publisher.start()
+    alone = inference_alone(engine, bundle.manifest, kind, args, capture)
+    loop = whole_loop(engine, bundle.manifest, kind, args, capture, publisher)
+    loop_p50 = loop["period_ms"]["p50"]
+    overhead = loop_p50 / alone["p50"] - 1
+    record = {
+        "benchmark": "loop",
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "source": kind if kind == "demo" else f"{args.data}/test",
+        "frames": args.frames,
+        "model_id": bundle.manifest.model_id,
+        "model_input": f"{bundle.manifest.input.width}x{bundle.manifest.input.height}",
+        "engine": engine.describe(),
+        "overlay": args.overlay,
+        "publish": f"mqtt {args.mqtt}" if args.mqtt else "in-memory sink (no broker)",
+        "fps": loop["fps"],
+        "inference_fps": round(1e3 / alone["mean"], 2),
+        "loop_p50_ms": loop_p50,
+        "loop_p99_ms": loop["period_ms"]["p99"],
+        "inference_p50_ms": alone["p50"],
+        "inference_p99_ms": alone["p99"],
+        "overhead_p50": round(overhead, 4),
+        "target": {"max_overhead_p50": TARGET_OVERHEAD, "met": overhead < TARGET_OVERHEAD},
+        "inference_alone": alone,
+        "loop": loop,
+    }
+    engine.close()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"loop_{bundle.manifest.model_id}_{kind}_{stamp}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{kind}: fps {record['fps']}, loop p50 {loop_p50:.2f} ms vs inference p50 {alone['p50']:.2f} ms "
+          f"(overhead {overhead:+.1%}, target < {TARGET_OVERHEAD:.0%}) -> {path}")
+    return record
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(HERE.parent / "models" / "demo"), help="bundle folder")
+    parser.add_argument("--data", default=str(DATASET), help="MVTec-layout folder whose test/ images are read")
+    parser.add_argument("--sources", nargs="+", default=["demo", "magnetic_tile"], choices=["demo", "magnetic_tile"])
+    parser.add_argument("--frames", type=int, default=300, help="judged frames per source")
+    parser.add_argument("--warmup", type=int, default=10, help="frames left out of the statistics")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
+    parser.add_argument("--backend", default="onnxruntime", choices=["auto", "onnxruntime", "tensorrt"])
+    parser.add_argument("--overlay", default="fail", choices=["fail", "all", "none"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mqtt", metavar="URL", help="publish to this broker (default: no MQTT)")
+    args = parser.parse_args()
+    if "magnetic_tile" in args.sources and not (Path(args.data) / "test").is_dir():
+        parser.error(f"{args.data}/test not found (set --data or --sources demo)")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for kind in args.sources:
+        run(kind, args, stamp)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
