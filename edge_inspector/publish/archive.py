@@ -1,0 +1,182 @@
+"""Archive of judged frames on local disk: every FAIL (and UNKNOWN), a sampled fraction of PASS, under a size cap.
+
+Layout, one folder per UTC day, one group of files per result sharing a stem::
+
+    <dir>/2026-11-25/182441610291_00000017_FAIL_part-00017.json         the result message (mask included)
+    <dir>/2026-11-25/182441610291_00000017_FAIL_part-00017_frame.png    the original frame (lossless)
+    <dir>/2026-11-25/182441610291_00000017_FAIL_part-00017_overlay.jpg  heat map + outlines + verdict
+
+The JSON is written last (atomically), so a group without one is an interrupted write and is cleaned up on the
+next start. Past ``max_mb`` the oldest PASS groups are deleted first, then the oldest FAIL/UNKNOWN groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edge_inspector.config import ArchiveSettings
+from edge_inspector.log import kv
+from edge_inspector.pipeline.results import InspectionResult, Verdict
+from edge_inspector.publish.schema import build_message
+
+log = logging.getLogger(__name__)
+
+_STEM = re.compile(r"^\d{12}_\d+_(PASS|FAIL|UNKNOWN)_")
+_SUFFIXES = (".json", "_frame.png", "_overlay.jpg")
+JPEG_QUALITY = 90
+
+
+@dataclass
+class _Group:
+    folder: Path
+    stem: str
+    size: int
+
+    def paths(self) -> list[Path]:
+        return [self.folder / f"{self.stem}{suffix}" for suffix in _SUFFIXES]
+
+
+def _safe(text: str) -> str:
+    """A part id made safe for a file name (PLC ids can hold anything)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:64] or "part"
+
+
+class Archive:
+    """Stores frames of judged parts under a disk cap.
+
+    Args:
+        settings: The ``archive`` section of the configuration.
+        station: Station name written into each JSON (default: the configuration's default station name).
+    """
+
+    def __init__(self, settings: ArchiveSettings, station: str = "station-1"):
+        self.settings = settings
+        self.root = Path(settings.dir)
+        self.max_bytes = int(settings.max_mb * 1024 * 1024)
+        self.station = station
+        self._pass: deque[_Group] = deque()
+        self._fail: deque[_Group] = deque()
+        self._bytes = 0
+        self._pass_credit = 0.0
+        self.deleted = 0
+        """Groups deleted to honour the cap since start."""
+        self.errors = 0
+        """Writes that failed (logged; the line goes on)."""
+        if settings.enabled:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._scan()
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._pass) + len(self._fail)
+
+    def counts(self) -> dict[str, int]:
+        return {"pass": len(self._pass), "fail": len(self._fail)}
+
+    def add(self, result: InspectionResult) -> Path | None:
+        """Archive ``result`` if its verdict (or the PASS sample) says so.
+
+        Returns:
+            The JSON path written, or None when the result was not kept (sampled out, archive off, write failed).
+        """
+        if not self.settings.enabled or not self._keep(Verdict(result.verdict)):
+            return None
+        verdict = Verdict(result.verdict).value
+        decided = datetime.fromtimestamp(result.decided_at, tz=timezone.utc)
+        folder = self.root / decided.strftime("%Y-%m-%d")
+        stem = f"{decided.strftime('%H%M%S%f')}_{result.sequence:08d}_{verdict}_{_safe(result.part_id)}"
+        group = _Group(folder, stem, 0)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if result.frame is not None:
+                self._write_image(folder / f"{stem}_frame.png", result.frame)
+            if result.overlay is not None:
+                self._write_image(folder / f"{stem}_overlay.jpg", result.overlay)
+            message = build_message(result, self.station, include_mask=True).to_json()
+            tmp = folder / f".{stem}.json.tmp"
+            tmp.write_bytes(message)
+            os.replace(tmp, folder / f"{stem}.json")
+        except (OSError, ValueError) as exc:
+            self.errors += 1
+            log.error("archive write failed; the result is still published",
+                      extra=kv(path=str(folder / stem), error=str(exc)))
+            self._delete(group)
+            return None
+        group.size = sum(p.stat().st_size for p in group.paths() if p.exists())
+        (self._pass if verdict == Verdict.PASS.value else self._fail).append(group)
+        self._bytes += group.size
+        self._enforce_cap()
+        return folder / f"{stem}.json"
+
+    # ------------------------------------------------------------------ internals
+    def _keep(self, verdict: Verdict) -> bool:
+        if verdict != Verdict.PASS:
+            return True
+        # Deterministic sampling: keep one PASS each time the accumulated rate reaches a whole frame.
+        self._pass_credit += self.settings.pass_sample_rate
+        if self._pass_credit >= 1.0:
+            self._pass_credit -= 1.0
+            return True
+        return False
+
+    @staticmethod
+    def _write_image(path: Path, image) -> None:
+        import cv2  # the archive is optional; only a station that archives pays for the import
+
+        params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if path.suffix == ".jpg" else []
+        if not cv2.imwrite(str(path), image, params):
+            raise OSError(f"cv2.imwrite could not write {path}")
+
+    def _enforce_cap(self) -> None:
+        while self._bytes > self.max_bytes and (self._pass or self._fail):
+            queue = self._pass if self._pass else self._fail
+            group = queue.popleft()
+            if queue is self._fail:
+                log.warning("archive cap reached with no PASS frames left: deleting the oldest FAIL",
+                            extra=kv(stem=group.stem, max_mb=self.settings.max_mb))
+            self._bytes -= group.size
+            self._delete(group)
+            self.deleted += 1
+
+    def _delete(self, group: _Group) -> None:
+        for path in group.paths():
+            path.unlink(missing_ok=True)
+        try:
+            group.folder.rmdir()  # only succeeds once the day folder is empty
+        except OSError:
+            pass
+
+    def _scan(self) -> None:
+        """Index what earlier runs left (oldest first) and remove groups whose write was interrupted."""
+        groups: list[tuple[str, str, _Group]] = []
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            stems: dict[str, int] = {}
+            for path in folder.iterdir():
+                name = path.name
+                if name.startswith(".") and name.endswith(".tmp"):
+                    path.unlink(missing_ok=True)
+                    continue
+                stem = next((name[: -len(s)] for s in _SUFFIXES if name.endswith(s)), None)
+                if stem is None or not _STEM.match(stem):
+                    continue  # not ours: leave it alone
+                stems[stem] = stems.get(stem, 0) + path.stat().st_size
+            for stem, size in stems.items():
+                group = _Group(folder, stem, size)
+                if not (folder / f"{stem}.json").exists():
+                    self._delete(group)
+                    continue
+                groups.append((folder.name, stem, group))
+        for _, stem, group in sorted(groups, key=lambda g: (g[0], g[1])):
+            verdict = _STEM.match(stem).group(1)
+            (self._pass if verdict == Verdict.PASS.value else self._fail).append(group)
+            self._bytes += group.size
+        self._enforce_cap()
