@@ -71,6 +71,8 @@ class OrtEngine:
         options.graph_optimization_level = _OPTIMIZATION[self.settings.graph_optimization]
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # ORT's own warnings would bypass our structured logs
+        # Idle pool threads must sleep, not spin: on an edge box they share the cores with capture and decision.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = providers or ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(bundle.onnx_path), options, providers=self.providers)
