@@ -8,7 +8,7 @@ command raises ``CommandError``; its message is sent back on ``<prefix>/<station
 |-----------------|------------------------------|-------------------------------------------------------|
 | set_threshold   | value: number > 0            | raw image-score threshold used from the next frame    |
 | set_sensitivity | value: number in [0, 1]      | 0.5 keeps the threshold; higher rejects more          |
-| pause           | -                            | stop judging frames (the status topic says so)        |
+| pause           | -                            | stop judging frames                                   |
 | resume          | -                            | judge frames again                                    |
 | trigger         | part_id: non-empty string    | software trigger: judge the next frame as this part   |
 """

@@ -230,6 +230,7 @@ class ResultPublisher:
     def set_status(self, **fields: Any) -> None:
         """Add or change fields of the retained status (e.g. ``paused=True``) and republish it."""
         self._status.update(fields)
+        # The broker keeps the will given at CONNECT; the new one applies from the next connection.
         self._client.will_set(self.topics.status, self._status_payload("offline"), qos=1, retain=True)
         if self._connected.is_set():
             self._client.publish(self.topics.status, self._status_payload("online"), qos=1, retain=True)
@@ -359,8 +360,10 @@ class ResultPublisher:
                         extra=kv(url=self.settings.url, pending=len(self._spool)))
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
-        if self._stopping.is_set():
+        # After a refused CONNACK paho disconnects too; keep the refusal as the error, it says more.
+        if self._stopping.is_set() or not was_connected:
             return
         self._disconnects += 1
         self._last_error = f"connection lost: {reason_code}"

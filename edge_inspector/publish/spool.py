@@ -120,7 +120,10 @@ class Spool:
             SpoolError: The write failed (nothing was stored, the counter did not move).
         """
         with self._lock:
-            sequence = self._meta("last_sequence") + 1
+            try:
+                sequence = self._meta("last_sequence") + 1
+            except sqlite3.Error as exc:  # e.g. the spool was closed by stop()
+                raise SpoolError(f"cannot read the result spool {self.path}: {exc}") from exc
             payload = make_payload(sequence)
             try:
                 with self._transaction():

@@ -10,8 +10,10 @@ from edge_inspector.config import MqttSettings, TlsSettings
 from edge_inspector.errors import ConfigError
 from edge_inspector.pipeline.results import Verdict
 from edge_inspector.publish.mqtt import ResultPublisher, Topics
-from tests.fixtures.broker import Subscriber
+from edge_inspector.publish.spool import SpoolError
+from tests.fixtures.broker import SKIP_REASON, MosquittoBroker, Subscriber, find_mosquitto
 from tests.fixtures.inspection_results import assert_message_matches, make_result
+from tests.fixtures.tls_certs import make_secure_listener
 
 STATION = "line-a"
 
@@ -163,3 +165,64 @@ def test_tls_and_credential_errors_are_clear(tmp_path, monkeypatch):
         ResultPublisher(MqttSettings(spool_dir=spool), STATION)
     with pytest.raises(ConfigError, match="invalid port"):
         ResultPublisher(MqttSettings(url="mqtt://127.0.0.1:99999", spool_dir=spool), STATION)
+
+
+def test_tls_with_client_certificate_and_password_from_the_environment(tmp_path, monkeypatch):
+    binary = find_mosquitto()
+    if binary is None:
+        pytest.skip(SKIP_REASON)
+    certs = tmp_path / "certs"
+    broker = MosquittoBroker(tmp_path / "broker", binary, secure=make_secure_listener(certs, "inspector", "s3cret"))
+    broker.start()
+    try:
+        subscriber = Subscriber(broker, [f"test/{STATION}/#"])  # on the plain listener
+        tls = TlsSettings(ca_file=str(certs / "ca.pem"), cert_file=str(certs / "client.pem"),
+                          key_file=str(certs / "client.key"))
+        monkeypatch.setenv("EDGE_INSPECTOR_MQTT_USERNAME", "inspector")
+        monkeypatch.setenv("EDGE_INSPECTOR_MQTT_PASSWORD", "wrong")
+        refused = ResultPublisher(MqttSettings(url=broker.secure_url, topic_prefix="test", tls=tls,
+                                               spool_dir=str(tmp_path / "spool")), STATION)
+        refused.start()
+        refused.publish(make_result(0, Verdict.FAIL))
+        assert subscriber.wait_for(lambda s: "refused" in (refused.health.last_error or ""), timeout=10)
+        assert not refused.connected and refused.pending == 1  # kept for when the credentials are fixed
+        refused.stop()
+
+        monkeypatch.setenv("EDGE_INSPECTOR_MQTT_PASSWORD", "s3cret")
+        publisher = ResultPublisher(MqttSettings(url=broker.secure_url, topic_prefix="test", tls=tls,
+                                                 spool_dir=str(tmp_path / "spool")), STATION)
+        publisher.start()
+        publisher.publish(make_result(1, Verdict.PASS))
+        assert subscriber.wait_for(lambda s: len(s.on(f"test/{STATION}/result")) == 2, timeout=20), broker.log_text()
+        assert [json.loads(p)["sequence"] for p in subscriber.on(f"test/{STATION}/result")] == [1, 2]
+        publisher.stop()
+        subscriber.close()
+    finally:
+        broker.stop()
+
+
+def test_status_fields_follow_the_line_and_stop_is_final(mosquitto, tmp_path, topics):
+    subscriber = Subscriber(mosquitto, [topics.status])
+    publisher = ResultPublisher(settings_for(mosquitto, tmp_path), STATION, model_id="m-1")
+    publisher.start()
+    wait_until_subscribed(subscriber, topics)
+    publisher.set_status(paused=True)
+    assert subscriber.wait_for(lambda s: len(s.on(topics.status)) == 2)
+    assert json.loads(subscriber.on(topics.status)[1])["paused"] is True
+    publisher.stop()
+    assert subscriber.wait_for(lambda s: len(s.on(topics.status)) == 3)
+    offline = json.loads(subscriber.on(topics.status)[2])
+    assert offline["state"] == "offline" and offline["paused"] is True
+    with pytest.raises(SpoolError, match="cannot read the result spool"):
+        publisher.publish(make_result(0, Verdict.FAIL))
+    subscriber.close()
+
+
+def test_disabled_publisher_numbers_results_without_sending(tmp_path):
+    settings = MqttSettings(enabled=False, url="mqtt://127.0.0.1:1", spool_dir=str(tmp_path / "spool"))
+    publisher = ResultPublisher(settings, STATION)
+    publisher.start()
+    results = [make_result(i, Verdict.FAIL) for i in range(3)]
+    assert [publisher.publish(r) for r in results] == [1, 2, 3] and results[2].sequence == 3
+    assert publisher.pending == 0 and not publisher.connected
+    publisher.stop()
