@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--texture", default="gravel", choices=("brick", "grass", "gravel"), help="product surface")
     parser.add_argument("--defect-rate", type=float, default=0.3, help="share of defective parts (default 0.3)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the line (same seed, same parts)")
+    parser.add_argument("--interval", type=float, default=0.05, help="seconds between parts (0 = as fast as judged)")
     parser.add_argument("--mqtt", metavar="URL", default="mqtt://127.0.0.1:1883", help="publish here if reachable")
     parser.add_argument("--show", action="store_true", help="open a local preview window")
     parser.add_argument("--write-dataset", metavar="DIR", help="write demo parts in MVTec layout to DIR and exit")
@@ -72,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"demo line: {args.parts} parts of {args.texture}, model {config.model}; "
           + (f"publishing to {args.mqtt}" if publish else f"no MQTT broker at {args.mqtt}, printing only"))
     line = DemoLine(config.capture, parts=args.parts, defect_rate=args.defect_rate, texture=args.texture,
-                    seed=args.seed)
+                    seed=args.seed, interval_s=args.interval)
     collector = CollectingSink()
     stats = run_line(config, source=line, extra_sinks=[collector])
     summary = summarize(collector.results)
