@@ -7,7 +7,7 @@ For each source, in the same run and with the same engine settings:
   preprocess, inference, decision, overlay (FAIL parts, as with the archive on) and publish (MQTT when ``--mqtt``
   names a broker, else an in-memory sink).
 
-``loop_p50_ms`` is the p50 of the loop's period per part in steady state (time for 10 consecutive results / 10): what
+``loop_p50_ms`` is the p50 of the loop's period per part in steady state (time for 25 consecutive results / 25): what
 the loop costs per part while its stages overlap. Target: ``loop_p50_ms <= 1.15 * inference_p50_ms``. ``latency_ms`` holds each stage's p50/p99 inside
 the loop; its ``total`` (capture to decision) includes waiting in the bounded queues of a saturated loop.
 
@@ -38,7 +38,7 @@ RESULTS = HERE / "results"
 WORK = HERE / "work"
 DATASET = Path("/work/shared/datasets/magnetic_tile")
 TARGET_OVERHEAD = 0.15
-WINDOW = 10
+WINDOW = 25
 
 
 def machine() -> dict[str, str]:

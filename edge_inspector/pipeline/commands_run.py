@@ -97,12 +97,19 @@ def run_line(config: RunConfig, source=None, quiet: bool = False, extra_sinks: l
     loop_holder: dict[str, Any] = {}
 
     def on_command(command) -> dict:
-        return loop_holder["loop"].apply_command(command.kind, command.value, command.part_id)
+        answer = loop_holder["loop"].apply_command(command.kind, command.value, command.part_id)
+        if command.kind != "trigger":  # the retained status tells late subscribers what the line now does
+            publisher.set_status(paused=answer["paused"], threshold=answer["effective_threshold"])
+        return answer
+
+    def heartbeat() -> dict:
+        snap = loop_holder["loop"].snapshot()
+        return {"counts": snap["counts"], "paused": snap["paused"], "camera": snap["source"]}
 
     publisher = None
     if config.mqtt.enabled:
         publisher = ResultPublisher(config.mqtt, config.station, on_command, model_id=bundle.manifest.model_id,
-                                    heartbeat_extra=lambda: loop_holder["loop"].snapshot()["counts"])
+                                    heartbeat_extra=heartbeat)
     preview = PreviewSink() if show else None
     sinks = [PublisherSink(publisher)] if publisher else []
     if config.archive.enabled:

@@ -38,6 +38,7 @@ def test_threshold_command_over_mqtt_changes_verdicts(mosquitto, tmp_path):
         assert subscriber.wait_for(lambda s: len(s.on(topics.cmd_response)) == 2)  # the trigger's, then this one
         answer = json.loads(subscriber.on(topics.cmd_response)[1])
         assert answer["ok"] and answer["id"] == "r1" and answer["result"]["threshold"] == 1000
+        assert subscriber.wait_for(lambda s: any(b'"threshold": 1000' in p for p in s.on(topics.status)))
         subscriber.publish(topics.cmd, json.dumps({"kind": "trigger", "part_id": "A-2"}))
         assert subscriber.wait_for(lambda s: len(s.on(topics.result)) == 2)
         line.join(timeout=20)
