@@ -192,7 +192,9 @@ def format_validation_error(error: ValidationError, model_cls: type[BaseModel], 
             lines.append(f"  {key}: unknown key.{hint} Allowed here: {', '.join(allowed)}")
         else:
             given = item.get("input")
-            lines.append(f"  {key}: {item['msg']} (got {given!r})")
+            # A whole-section check (model validator) already names the values; echoing the section is noise.
+            got = "" if isinstance(given, dict) else f" (got {given!r})"
+            lines.append(f"  {key}: {item['msg']}{got}")
     return "\n".join(lines)
 
 

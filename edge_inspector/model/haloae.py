@@ -1,0 +1,154 @@
+"""HaloAE: a local-attention auto-encoder that reconstructs frozen backbone features (DFR style).
+
+uint8 RGB image -> ImageNet normalisation -> frozen multi-scale backbone map (every layer pooled or resized to one
+grid, concatenated) -> encoder (stem conv + bottleneck blocks with local attention) -> latent -> mirrored decoder
+-> reconstructed feature map. The anomaly map is the channel mean of the squared feature error. Two heads exist only
+to shape training: an image reconstruction head and a CutPaste classifier on the latent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_inspector.model.attention import make_attention
+from edge_inspector.model.backbones import Backbone
+from edge_inspector.model.presets import ModelSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CUTPASTE_CLASSES = 3
+"""normal, CutPaste-normal, CutPaste-scar."""
+
+
+class Bottleneck(nn.Module):
+    """1x1 conv -> local attention -> ReLU -> k x k conv -> BN, residual add, ReLU (the paper's block)."""
+
+    def __init__(self, c_in: int, c_out: int, heads: int, head_dim: int, kernel: int, spec: ModelSpec):
+        super().__init__()
+        self.reduce = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.attention = make_attention(spec.attention, c_out, heads, head_dim, spec.block, spec.halo)
+        self.conv = nn.Conv2d(c_out, c_out, kernel, padding=kernel // 2, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.attention(self.reduce(x)))
+        y = self.bn(self.conv(y))
+        return F.relu(y + self.shortcut(x))
+
+
+@dataclass
+class TrainOutput:
+    """Everything a training step needs. Reconstructions cover only the first ``n_decode`` images."""
+
+    features: torch.Tensor
+    reconstruction: torch.Tensor
+    image_reconstruction: torch.Tensor
+    logits: torch.Tensor
+
+
+class HaloAE(nn.Module):
+    """Frozen backbone + attention auto-encoder on its feature map, with training heads.
+
+    Args:
+        spec: the model layout.
+        pretrained: load ImageNet backbone weights (False only for smoke tests).
+    """
+
+    def __init__(self, spec: ModelSpec, pretrained: bool = True):
+        super().__init__()
+        self.spec = spec
+        self.backbone = Backbone(spec.backbone, spec.layers, spec.vgg19_weights, pretrained)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+        self.feature_channels = sum(self.backbone.channels)
+
+        w = spec.widths
+        pad = 0 if spec.stem_valid else spec.stem_kernel // 2
+        self.stem = nn.Sequential(
+            nn.Conv2d(self.feature_channels, w[0], spec.stem_kernel, padding=pad, bias=False),
+            nn.BatchNorm2d(w[0]),
+            nn.ReLU(),
+        )
+        blocks = list(zip(w[:-1], w[1:], spec.heads, spec.kernels))
+        self.encoder = nn.Sequential(*(Bottleneck(a, b, h, spec.head_dim, k, spec) for a, b, h, k in blocks))
+        self.decoder = nn.Sequential(*(Bottleneck(b, a, h, spec.head_dim, k, spec) for a, b, h, k in reversed(blocks)))
+        self.to_features = nn.Conv2d(w[0], self.feature_channels, spec.stem_kernel, padding=spec.stem_kernel // 2)
+        self.image_head = self._image_head(spec)
+        self.classifier = nn.Linear(2 * w[-1], CUTPASTE_CLASSES)
+
+    def _image_head(self, spec: ModelSpec) -> nn.Sequential:
+        """Feature grid -> image: 1x1 conv, then (nearest x2 upsample + 3x3 conv) until the input size."""
+        c = spec.image_head_width
+        layers: list[nn.Module] = [nn.Conv2d(self.feature_channels, c, 1), nn.ReLU()]
+        scale = 1
+        while scale < spec.grid_stride:
+            c_next = max(8, c // 2)
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c_next, 3, padding=1), nn.ReLU()]
+            c, scale = c_next, scale * 2
+        layers.append(nn.Conv2d(c, 3, 3, padding=1))
+        return nn.Sequential(*layers)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) RGB -> float (B, 3, H, W) with ImageNet mean/std (cast, permute, sub, div)."""
+        x = images.permute(0, 3, 1, 2).float()
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images -> (B, C, gh, gw) frozen multi-scale feature map (avg-pooled or resized, concatenated)."""
+        gh, gw = self.spec.grid
+        maps = []
+        for fmap in self.backbone(x):
+            h, w = int(fmap.shape[-2]), int(fmap.shape[-1])
+            if (h, w) == (gh, gw):
+                maps.append(fmap)
+            elif h > gh:
+                maps.append(F.avg_pool2d(fmap, (h // gh, w // gw)))
+            else:
+                maps.append(F.interpolate(fmap, size=(gh, gw), mode="bilinear", align_corners=False))
+        return torch.cat(maps, dim=1).detach()
+
+    def encode(self, f: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.stem(f))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        f_hat = self.to_features(self.decoder(z))
+        if self.spec.stem_valid:
+            f_hat = F.interpolate(f_hat, size=self.spec.grid, mode="nearest")
+        return f_hat
+
+    def reconstruct(self, f: torch.Tensor) -> torch.Tensor:
+        """Feature map -> its reconstruction through the bottleneck."""
+        return self.decode(self.encode(f))
+
+    def error_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images -> (B, 1, gh, gw) channel-mean squared feature error (the raw anomaly map)."""
+        f = self.features(x)
+        return (f - self.reconstruct(f)).square().mean(dim=1, keepdim=True)
+
+    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) RGB -> (B, 1, gh, gw) raw anomaly map (what the exported graph computes)."""
+        return self.error_map(self.normalize(images))
+
+    def forward(self, x: torch.Tensor, n_decode: int | None = None) -> TrainOutput:
+        """Training pass on normalised images; the decoder and image head run on the first ``n_decode`` only.
+
+        Reconstruction losses use normal images only, so decoding the CutPaste copies would be wasted work.
+        """
+        f = self.features(x)
+        z = self.encode(f)
+        pooled = torch.cat([z.mean(dim=(2, 3)), z.amax(dim=(2, 3))], dim=1)
+        n = x.shape[0] if n_decode is None else n_decode
+        f_hat = self.decode(z[:n])
+        return TrainOutput(f, f_hat, self.image_head(f_hat), self.classifier(pooled))
+
+
+def build_model(spec: ModelSpec, pretrained: bool = True) -> HaloAE:
+    """A HaloAE for ``spec`` with its backbone frozen (ImageNet weights unless ``pretrained=False``)."""
+    return HaloAE(spec, pretrained=pretrained)

@@ -1,0 +1,200 @@
+"""Typed HaloAE presets: model layout, training schedule and scoring, loaded from YAML with key=value overrides.
+
+Built-in presets live in ``edge_inspector/presets/<name>.yaml`` (package data): ``haloae-lite`` (default,
+EfficientNet-Lite0, sized for a small CPU) and ``haloae-paper`` (VGG19, the paper's layout). Any other argument to
+``load_preset`` is read as a YAML path. Unknown keys are refused with the allowed ones listed.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from edge_inspector.config import StrictModel, deep_merge, load_model, parse_overrides, read_yaml
+from edge_inspector.errors import ConfigError
+
+BUILTIN_PRESETS = ("haloae-lite", "haloae-paper")
+DEFAULT_PRESET = "haloae-lite"
+
+# Deepest stride of each layer, duplicated from backbones.py so presets validate without importing torch.
+_LAYER_STRIDES = {
+    "efficientnet_lite0": {"stage1": 2, "stage2": 4, "stage3": 8, "stage4": 16, "stage5": 16, "stage6": 32, "stage7": 32},
+    "vgg19": {
+        "relu1_1": 1, "relu1_2": 1, "relu2_1": 2, "relu2_2": 2, "relu3_1": 4, "relu3_2": 4, "relu3_3": 4,
+        "relu3_4": 4, "relu4_1": 8, "relu4_4": 8, "relu5_1": 16,
+    },
+}
+
+
+class ModelSpec(StrictModel):
+    """The network: backbone and feature grid, encoder/decoder layout, attention kind."""
+
+    backbone: Literal["efficientnet_lite0", "vgg19"] = "efficientnet_lite0"
+    vgg19_weights: str | None = None
+    """Path of torchvision's VGG19 ImageNet state dict (vgg19-dcbb9e9d.pth); needed by the vgg19 backbone."""
+    width: int = Field(256, gt=0)
+    """Model input width in pixels."""
+    height: int = Field(256, gt=0)
+    """Model input height in pixels (need not equal width: e.g. 256x640 for tall parts)."""
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    """How frames are fitted to width x height (see edge_inspector.preprocess)."""
+    layers: list[str] = ["stage2", "stage3", "stage5"]
+    """Backbone layers concatenated into the feature map."""
+    grid_stride: int = Field(8, gt=0)
+    """Input pixels per feature-grid cell: every layer is pooled or resized to (height, width) / grid_stride."""
+    stem_kernel: int = Field(1, gt=0)
+    """Kernel of the first encoder conv (feature channels -> widths[0])."""
+    stem_valid: bool = False
+    """True: the stem conv is unpadded and shrinks the grid by stem_kernel - 1 (paper: 5x5, 64 -> 60)."""
+    widths: list[int] = [96, 96, 64, 48, 32]
+    """Encoder widths: stem output, then the output of each bottleneck block; the last is the latent width."""
+    heads: list[int] = [4, 4, 4, 4]
+    """Attention heads per bottleneck block."""
+    head_dim: int = Field(16, gt=0)
+    kernels: list[int] = [3, 3, 3, 3]
+    """Spatial conv kernel per bottleneck block (3 or 5 in the paper)."""
+    block: int = Field(8, gt=0)
+    """Attention query block side (cells)."""
+    halo: int = Field(2, ge=0)
+    """Attention key border around each block (cells); 2 * halo <= block."""
+    attention: Literal["halo", "block_mean"] = "halo"
+    """halo: correct local self-attention. block_mean: what the official code computes (ablation)."""
+    image_head_width: int = Field(32, gt=0)
+    """Channels of the image reconstruction head (training only)."""
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(height, width) of the feature map."""
+        return self.height // self.grid_stride, self.width // self.grid_stride
+
+    @property
+    def latent_grid(self) -> tuple[int, int]:
+        """(height, width) of the map the attention blocks tile."""
+        shrink = self.stem_kernel - 1 if self.stem_valid else 0
+        gh, gw = self.grid
+        return gh - shrink, gw - shrink
+
+    def size_step(self) -> int:
+        """Input sizes must be multiples of this (the coarsest stride among the grid and the layers)."""
+        strides = _LAYER_STRIDES[self.backbone]
+        return max([self.grid_stride] + [strides.get(layer, 1) for layer in self.layers])
+
+    def fits(self, size: int) -> bool:
+        """Whether an input side of ``size`` pixels gives a grid the attention blocks tile."""
+        shrink = self.stem_kernel - 1 if self.stem_valid else 0
+        cells = size // self.grid_stride - shrink
+        return size % self.size_step() == 0 and cells > 0 and cells % self.block == 0
+
+    def sizes_that_fit(self, near: int, count: int = 6) -> list[int]:
+        candidates = [s for s in range(self.size_step(), 4 * max(near, 64) + 1, self.size_step()) if self.fits(s)]
+        return sorted(sorted(candidates, key=lambda s: abs(s - near))[:count])
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> ModelSpec:
+        strides = _LAYER_STRIDES[self.backbone]
+        unknown = [layer for layer in self.layers if layer not in strides]
+        if unknown or not self.layers:
+            raise ValueError(f"layers {unknown or '[]'} unknown for {self.backbone}; allowed: {', '.join(strides)}")
+        blocks = len(self.widths) - 1
+        if blocks < 1 or len(self.heads) != blocks or len(self.kernels) != blocks:
+            raise ValueError(
+                f"widths has {len(self.widths)} entries, so heads and kernels need {blocks} each "
+                f"(got {len(self.heads)} and {len(self.kernels)})"
+            )
+        if any(k % 2 == 0 for k in [*self.kernels, self.stem_kernel]):
+            raise ValueError("kernels and stem_kernel must be odd")
+        if 2 * self.halo > self.block:
+            raise ValueError(f"halo {self.halo} must be at most block/2 = {self.block // 2}")
+        for side, size in (("width", self.width), ("height", self.height)):
+            if not self.fits(size):
+                raise ValueError(
+                    f"{side} {size} does not fit: it must be a multiple of {self.size_step()} whose grid "
+                    f"({size}/{self.grid_stride}{' - ' + str(self.stem_kernel - 1) if self.stem_valid else ''}) "
+                    f"is a multiple of block {self.block}. Sizes that fit: {self.sizes_that_fit(size)}"
+                )
+        return self
+
+
+class LossSchedule(StrictModel):
+    """Logistic loss weights over training progress p in [0, 1] (the paper's, scaled to the epoch budget).
+
+    w(p) = start + (end - start) * sigmoid(steepness * (p - midpoint)).
+    """
+
+    classification_start: float = 0.97
+    classification_end: float = 0.11
+    feature_end: float = 0.34
+    image_end: float = 0.55
+    midpoint: float = Field(0.5, ge=0.0, le=1.0)
+    steepness: float = Field(10.0, gt=0)
+
+
+class TrainSpec(StrictModel):
+    """Training: budget, optimiser, seed, threads and the loss schedule."""
+
+    epochs: int = Field(20, gt=0)
+    samples_per_epoch: int | None = Field(None, gt=0)
+    """Originals drawn (with reshuffling) per epoch; default: every training image once."""
+    batch_size: int = Field(4, gt=0)
+    """Originals per step; each comes with its CutPaste-normal and CutPaste-scar copies (3x images)."""
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    seed: int = 0
+    threads: int = Field(0, ge=0)
+    """torch CPU threads; 0 = every core."""
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of the training good images held back from fitting, for normal statistics and thresholds."""
+    hflip: bool = True
+    """Random horizontal flips of the originals (off for parts with a handedness)."""
+    vflip: bool = True
+    loss: LossSchedule = LossSchedule()
+
+
+class ScoreSpec(StrictModel):
+    """How an anomaly map becomes an image score (consumed by evaluation and export)."""
+
+    aggregation: Literal["mean", "max", "topk"] = "mean"
+    """mean: the paper's. max: the worst cell. topk: mean of the worst topk_fraction of cells."""
+    topk_fraction: float = Field(0.01, gt=0.0, le=1.0)
+    blur_sigma: float = Field(1.0, ge=0.0)
+    """Gaussian blur of the feature-grid map, in grid cells (0 = off)."""
+
+
+class Preset(StrictModel):
+    """A complete HaloAE configuration."""
+
+    name: str = "custom"
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    score: ScoreSpec = ScoreSpec()
+
+
+def builtin_preset_data(name: str) -> dict:
+    """The raw mapping of a built-in preset."""
+    ref = resources.files("edge_inspector").joinpath("presets", f"{name}.yaml")
+    with resources.as_file(ref) as path:
+        return read_yaml(path)
+
+
+def load_preset(name_or_path: str | None = None, overrides: list[str] | None = None) -> Preset:
+    """A built-in preset name ('haloae-lite', 'haloae-paper') or a YAML path, then ``key=value`` overrides.
+
+    >>> load_preset("haloae-lite", ["model.width=320"]).model.width
+    320
+    """
+    name_or_path = name_or_path or DEFAULT_PRESET
+    if name_or_path in BUILTIN_PRESETS:
+        data, origin = builtin_preset_data(name_or_path), f"preset {name_or_path}"
+    elif name_or_path.endswith((".yaml", ".yml")):
+        data, origin = read_yaml(name_or_path), name_or_path
+    else:
+        raise ConfigError(
+            f"Unknown preset '{name_or_path}'. Built-in: {', '.join(BUILTIN_PRESETS)}; or give a .yaml file path"
+        )
+    data.setdefault("name", name_or_path)
+    if overrides:
+        data = deep_merge(data, parse_overrides(overrides))
+        origin += " with overrides " + " ".join(overrides)
+    return load_model(Preset, data, origin)
