@@ -71,7 +71,15 @@ class VideoSource:
     def open(self) -> None:
         if self.camera_index is None and not self.live and not Path(self.spec).is_file():
             raise SourceError(f"Video file not found: {self.spec}")
-        capture = cv2.VideoCapture(self.camera_index if self.camera_index is not None else self.spec)
+        if self.camera_index is not None:
+            capture = cv2.VideoCapture(self.camera_index)
+        elif self.live:
+            # A stream that goes silent must not block a read for FFmpeg's default 30 s: bound open and read.
+            timeout_ms = int(self.settings.read_timeout_s * 1000)
+            capture = cv2.VideoCapture(self.spec, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
+                                                                cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
+        else:
+            capture = cv2.VideoCapture(self.spec)
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"Cannot open {self.name}: OpenCV could not open it (check the index, path or URL)")

@@ -113,6 +113,8 @@ class OrtEngine:
             self.infer(image)
 
     def infer(self, image: np.ndarray) -> EngineOutput:
+        if self.session is None:
+            raise EngineError("the engine is closed")
         if image.shape != self._shape or image.dtype != np.uint8:
             raise EngineError(f"engine input must be uint8 {self._shape}, got {image.dtype} {image.shape}")
         try:
@@ -137,5 +139,5 @@ class OrtEngine:
         }
 
     def close(self) -> None:
-        # The session frees its memory when dropped; keep the attribute so a late infer() fails clearly.
+        # The session frees its memory when dropped; a late infer() then fails with a clear EngineError.
         self.session = None  # type: ignore[assignment]

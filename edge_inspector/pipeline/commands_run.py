@@ -127,7 +127,12 @@ def run_line(config: RunConfig, source=None, quiet: bool = False, extra_sinks: l
         if not publisher.connected:
             print(f"MQTT broker {config.mqtt.url} not reachable yet: results are spooled in {config.mqtt.spool_dir} "
                   "and sent when it is", file=sys.stderr)
-    loop.start()
+    try:
+        loop.start()
+    except BaseException:
+        if publisher:
+            publisher.stop(drain_timeout=0)
+        raise
     try:
         while not loop.wait(0.03 if preview else 0.2):
             if preview and preview.latest is not None:

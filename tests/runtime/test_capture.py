@@ -160,3 +160,9 @@ def test_demo_dataset_is_written_in_mvtec_layout(tmp_path):
         assert (category / "test" / kind / "000.png").is_file()
         mask = cv2.imread(str(category / "ground_truth" / kind / "000_mask.png"), cv2.IMREAD_GRAYSCALE)
         assert mask.shape == (64, 64) and mask.max() == 255
+
+
+def test_an_unreachable_stream_is_a_clear_error():
+    source = VideoSource("rtsp://127.0.0.1:1/line", CaptureSettings(read_timeout_s=1))
+    with pytest.raises(SourceError, match="Cannot open rtsp://127.0.0.1:1/line"):
+        source.open()

@@ -100,3 +100,10 @@ def test_float_input_graph_is_refused(bundle, tmp_path):
     with pytest.raises(BundleError, match=r"is tensor\(float\), the manifest says uint8"):
         OrtEngine(_rewrite(bundle, tmp_path, graph=graph))
 
+
+
+def test_a_closed_engine_refuses_work(bundle):
+    engine = OrtEngine(bundle)
+    engine.close()
+    with pytest.raises(EngineError, match="closed"):
+        engine.infer(np.zeros((32, 48, 3), np.uint8))
