@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 IN_FLIGHT_WINDOW = 64
 """Results handed to paho and not yet acknowledged; the rest wait in the spool, not in memory."""
-RECONNECT_DELAY_S = (1, 30)
+RECONNECT_DELAY_S = (1, 10)
 """paho's reconnect backoff: first and longest wait (it doubles in between)."""
 SPOOL_FILE = "results.sqlite"
 
@@ -290,21 +290,25 @@ class ResultPublisher:
                 if time.monotonic() >= next_heartbeat:
                     self._send_heartbeat()
                     next_heartbeat = time.monotonic() + self.settings.heartbeat_s
-            wait = max(0.0, min(0.5, next_heartbeat - time.monotonic()))
-            self._wake.wait(wait)
+            # Disconnected, no heartbeat is due: sleep until woken (new result, ack, connection) or 0.5 s pass.
+            due = next_heartbeat - time.monotonic() if self._connected.is_set() else 0.5
+            self._wake.wait(min(0.5, max(0.0, due)))
             self._wake.clear()
         self._drain_acks()
 
     def _drain_acks(self) -> None:
+        acked = []
         while True:
             try:
                 mid = self._acks.get_nowait()
             except queue.Empty:
-                return
+                break
             sequence = self._in_flight.pop(mid, None)
             if sequence is not None:  # else: a status, heartbeat or response message
-                self._spool.remove(sequence)
-                self._acked += 1
+                acked.append(sequence)
+        if acked:
+            self._spool.remove(acked)
+            self._acked += len(acked)
 
     def _send_spooled(self) -> None:
         room = IN_FLIGHT_WINDOW - len(self._in_flight)

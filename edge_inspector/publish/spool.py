@@ -153,18 +153,28 @@ class Spool:
             ).fetchall()
         return [SpoolEntry(int(s), v, bytes(p)) for s, v, p in rows]
 
-    def remove(self, sequence: int) -> bool:
-        """Delete one entry (after its PUBACK). Returns False when it was not there (already dropped)."""
-        with self._lock:
-            row = self._db.execute("SELECT LENGTH(payload) FROM entries WHERE sequence = ?", (sequence,)).fetchone()
-            if row is None:
-                return False
-            self._db.execute("DELETE FROM entries WHERE sequence = ?", (sequence,))
-            self._count -= 1
-            self._bytes -= int(row[0])
+    def remove(self, sequences: list[int]) -> int:
+        """Delete entries whose PUBACK arrived, in one transaction (one disk sync for a whole batch of acks).
+
+        Returns:
+            How many were there (an entry the size bound already dropped is skipped).
+        """
+        if not sequences:
+            return 0
+        with self._lock, self._transaction():
+            removed = 0
+            for sequence in sequences:
+                row = self._db.execute("SELECT LENGTH(payload) FROM entries WHERE sequence = ?",
+                                       (sequence,)).fetchone()
+                if row is None:
+                    continue
+                self._db.execute("DELETE FROM entries WHERE sequence = ?", (sequence,))
+                removed += 1
+                self._bytes -= int(row[0])
+            self._count -= removed
             if self._bytes <= self.max_bytes:
                 self._over_cap_warned = self._drop_warned = False
-        return True
+        return removed
 
     def close(self) -> None:
         with self._lock:

@@ -19,7 +19,7 @@ def test_entries_come_back_in_order_and_survive_reopen(tmp_path):
     spool = Spool(path, max_bytes=1 << 20)
     sequences = [spool.append("FAIL" if i % 4 == 0 else "PASS", payload_of(50)) for i in range(20)]
     assert sequences == list(range(1, 21))
-    assert spool.remove(3) and not spool.remove(3)
+    assert spool.remove([3]) == 1 and spool.remove([3]) == 0
     spool.close()
 
     reopened = Spool(path, max_bytes=1 << 20)
@@ -29,8 +29,7 @@ def test_entries_come_back_in_order_and_survive_reopen(tmp_path):
     assert len(reopened) == 19 and reopened.size_bytes == 19 * 50
     assert [e.sequence for e in reopened.peek(after=10, limit=3)] == [11, 12, 13]
     # The counter carries on from where the last run stopped, even once the spool is empty.
-    for entry in entries:
-        reopened.remove(entry.sequence)
+    assert reopened.remove([e.sequence for e in entries]) == 19
     reopened.close()
     again = Spool(path, max_bytes=1 << 20)
     assert len(again) == 0 and again.last_sequence == 20
@@ -98,9 +97,9 @@ def test_concurrent_append_and_remove(tmp_path):
 
     def consumer():
         while len(removed) < 200:
-            for entry in spool.peek(limit=10):
-                if spool.remove(entry.sequence):
-                    removed.append(entry.sequence)
+            batch = [entry.sequence for entry in spool.peek(limit=10)]
+            assert spool.remove(batch) == len(batch)
+            removed.extend(batch)
 
     thread = threading.Thread(target=consumer)
     thread.start()
