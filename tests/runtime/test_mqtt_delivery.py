@@ -169,3 +169,17 @@ def test_last_will_marks_a_killed_station_offline(mosquitto, tmp_path):
     assert late.messages[0][2] and json.loads(late.messages[0][1])["state"] == "offline"
     late.close()
     subscriber.close()
+
+
+def test_waiting_for_an_absent_broker_does_not_spin(tmp_path):
+    """While the broker is away the publisher must sleep, not poll: the line needs the CPU (this is CPU time
+    used, not a speed limit)."""
+    publisher = ResultPublisher(MqttSettings(url="mqtt://127.0.0.1:1", spool_dir=str(tmp_path / "spool")), STATION)
+    publisher.start()
+    publisher.publish(make_result(0, Verdict.FAIL))
+    time.sleep(0.2)
+    before = time.process_time()
+    time.sleep(1.0)
+    used = time.process_time() - before
+    publisher.stop()
+    assert used < 0.3, f"publisher threads used {used:.2f} s of CPU in 1 s of waiting"
