@@ -49,3 +49,20 @@ def test_threshold_command_over_mqtt_changes_verdicts(mosquitto, tmp_path):
     assert (first["part_id"], first["verdict"]) == ("A-1", "FAIL")
     assert (second["part_id"], second["verdict"]) == ("A-2", "PASS")
     assert second["sequence"] == first["sequence"] + 1
+
+
+def test_demo_publishes_when_a_broker_answers(mosquitto, tmp_path, monkeypatch, capsys):
+    from edge_inspector import cli
+
+    monkeypatch.chdir(tmp_path)  # the spool goes to ./var/spool
+    topics = Topics.for_station("edge-inspector", "demo")
+    subscriber = Subscriber(mosquitto, [topics.result])
+    try:
+        code = cli.main(["demo", "--parts", "5", "--interval", "0", "--mqtt", mosquitto.url])
+        assert code == 0 and f"publishing to {mosquitto.url}" in capsys.readouterr().out
+        assert subscriber.wait_for(lambda s: len(s.on(topics.result)) == 5)
+    finally:
+        subscriber.close()
+    messages = [json.loads(p) for p in subscriber.on(topics.result)]
+    assert [m["sequence"] for m in messages] == sorted(m["sequence"] for m in messages)
+    assert {m["verdict"] for m in messages} <= {"PASS", "FAIL"}
