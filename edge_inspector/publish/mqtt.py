@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -36,6 +34,7 @@ from edge_inspector.config import MqttSettings, TlsSettings
 from edge_inspector.errors import ConfigError, EdgeInspectorError
 from edge_inspector.log import kv
 from edge_inspector.pipeline.results import InspectionResult, Verdict
+from edge_inspector.publish.broker import BrokerAddress, Topics, checked_tls, credentials, parse_broker_url
 from edge_inspector.publish.commands import Command, CommandError, parse_command, response
 from edge_inspector.publish.schema import build_message, iso_utc
 from edge_inspector.publish.spool import Spool
@@ -47,29 +46,6 @@ IN_FLIGHT_WINDOW = 64
 RECONNECT_DELAY_S = (1, 10)
 """paho's reconnect backoff: first and longest wait (it doubles in between)."""
 SPOOL_FILE = "results.sqlite"
-
-
-@dataclass(frozen=True)
-class Topics:
-    """The topic names of one station."""
-
-    result: str
-    status: str
-    heartbeat: str
-    cmd: str
-    cmd_response: str
-
-    @classmethod
-    def for_station(cls, prefix: str, station: str) -> Topics:
-        base = f"{prefix.rstrip('/')}/{station}"
-        return cls(f"{base}/result", f"{base}/status", f"{base}/heartbeat", f"{base}/cmd", f"{base}/cmd/response")
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
 
 
 @dataclass(frozen=True)
@@ -90,46 +66,16 @@ class PublisherHealth:
     last_error: str | None
 
 
-def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://host:port`` (default 1883) or ``mqtts://host:port`` (TLS, default 8883)."""
-    parts = urlsplit(url)
-    tls = parts.scheme in ("mqtts", "ssl")
-    if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
-        raise ConfigError(f"mqtt.url: '{url}' is not mqtt://host:port or mqtts://host:port")
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise ConfigError(f"mqtt.url: '{url}' has an invalid port") from None
-    return BrokerAddress(parts.hostname, port, tls)
-
-
 def _configure_tls(client: paho.Client, tls: TlsSettings | None, address: BrokerAddress, url: str) -> None:
-    """Check the TLS files before anything connects, so a typo is an error now and not a silent retry loop."""
-    if not address.tls:
-        if tls is not None and (tls.ca_file or tls.cert_file or tls.key_file):
-            raise ConfigError(f"mqtt.tls is set but mqtt.url '{url}' is not TLS; use mqtts://")
+    tls = checked_tls(tls, address, url)
+    if tls is None:
         return
-    tls = tls or TlsSettings()
-    for key in ("ca_file", "cert_file", "key_file"):
-        path = getattr(tls, key)
-        if path and not Path(path).is_file():
-            raise ConfigError(f"mqtt.tls.{key}: file not found: {path}")
-    if tls.key_file and not tls.cert_file:
-        raise ConfigError("mqtt.tls.key_file is set without mqtt.tls.cert_file (the client certificate)")
     try:
         client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise ConfigError(f"mqtt.tls: cannot load the TLS files ({tls.ca_file}, {tls.cert_file}): {exc}") from exc
     if tls.insecure:
         client.tls_insecure_set(True)
-
-
-def _credentials(settings: MqttSettings) -> tuple[str | None, str | None]:
-    username = os.environ.get(settings.username_env) or None
-    password = os.environ.get(settings.password_env) or None
-    if password and not username:
-        raise ConfigError(f"${settings.password_env} is set but ${settings.username_env} (the MQTT user) is not")
-    return username, password
 
 
 class ResultPublisher:
@@ -184,7 +130,7 @@ class ResultPublisher:
             clean_session=True,  # our spool, not the broker session, carries results across outages
         )
         _configure_tls(self._client, settings.tls, self.address, settings.url)
-        username, password = _credentials(settings)
+        username, password = credentials(settings)
         if username:
             self._client.username_pw_set(username, password)
         self._client.will_set(self.topics.status, self._status_payload("offline"), qos=1, retain=True)

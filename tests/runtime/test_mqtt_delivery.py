@@ -18,7 +18,8 @@ from pathlib import Path
 
 from edge_inspector.config import MqttSettings
 from edge_inspector.pipeline.results import Verdict
-from edge_inspector.publish.mqtt import SPOOL_FILE, ResultPublisher, Topics
+from edge_inspector.publish.broker import Topics
+from edge_inspector.publish.mqtt import SPOOL_FILE, ResultPublisher
 from tests.fixtures.broker import Subscriber
 from tests.fixtures.inspection_results import make_result
 
