@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from edge_inspector.bundle.store import Bundle, load_bundle, write_bundle
 from edge_inspector.errors import BundleError
@@ -38,6 +38,8 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 FP16_SCALE_OPSET = 19
 """First opset whose QuantizeLinear/DequantizeLinear accept FP16 scales."""
 PREPARED_KEY = "edge_inspector.prepared_for"
+LAYOUT_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice")
+"""Ops that only move uint8 values around, so a Cast may move in front of them."""
 
 
 @dataclass
@@ -51,12 +53,15 @@ class PreparationReport:
     """Names of nodes left in FP32 (pinned by the manifest or by op type)."""
     qdq_nodes: int = 0
     casts_added: int = 0
+    inputs_cast_first: list[str] = field(default_factory=list)
+    """uint8 inputs whose Cast was moved in front of the layout ops that came first."""
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
             "opset": self.opset, "converted_nodes": self.converted_nodes, "fp32_nodes": self.fp32_nodes,
-            "qdq_nodes": self.qdq_nodes, "casts_added": self.casts_added, "warnings": self.warnings,
+            "qdq_nodes": self.qdq_nodes, "casts_added": self.casts_added,
+            "inputs_cast_first": self.inputs_cast_first, "warnings": self.warnings,
         }
 
 
@@ -67,16 +72,69 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise BundleError("the graph declares no default-domain opset")
 
 
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    found: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
+def cast_uint8_inputs_first(model: onnx.ModelProto) -> list[str]:
+    """Move the uint8 -> float Cast to the very start when only layout ops (Transpose, Reshape...) come before it.
+
+    TensorRT takes a uint8 network input only straight into a Cast; torch's exporter, though, writes
+    ``image -> Transpose -> Cast``. Casting first is exact (0..255 are exact in FP16) and the original Cast becomes
+    float -> float. Edits ``model`` in place and returns the inputs it rewired.
+
+    Raises:
+        BundleError: a uint8 input reaches something other than layout ops before its Cast.
+    """
+    graph = model.graph
+    consumers = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    rewired = []
+    for graph_input in graph.input:
+        if graph_input.type.tensor_type.elem_type != TensorProto.UINT8:
+            continue
+        direct = consumers.get(graph_input.name, [])
+        if all(n.op_type == "Cast" for n in direct):
+            continue
+        chain, pending = set(), list(direct)
+        while pending:
+            node = pending.pop()
+            if node.op_type == "Cast":
+                continue
+            if node.op_type not in LAYOUT_OPS or outputs.intersection(node.output):
+                raise BundleError(
+                    f"graph input '{graph_input.name}' is uint8 and reaches {node.name or '?'} ({node.op_type}) "
+                    "before any Cast; TensorRT takes a uint8 input only straight into a Cast. Re-export the graph "
+                    "with a Cast right after the input."
+                )
+            chain.update(node.output)
+            for name in node.output:
+                pending.extend(consumers.get(name, []))
+        cast_out = f"{graph_input.name}_as_float"
+        for node in direct:
+            node.input[:] = [cast_out if name == graph_input.name else name for name in node.input]
+        graph.node.insert(0, helper.make_node(
+            "Cast", [graph_input.name], [cast_out], name=f"{graph_input.name}_cast_first", to=TensorProto.FLOAT
+        ))
+        # Types recorded for the layout ops' outputs are uint8 and now wrong; shape inference redoes them.
+        kept = [v for v in graph.value_info if v.name not in chain]
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+        rewired.append(graph_input.name)
+    return rewired
+
+
 def check_tensorrt_boundary(model: onnx.ModelProto) -> None:
     """Refuse a graph whose boundary TensorRT cannot take, before any build time is spent.
 
-    TensorRT accepts a uint8 network input only when it goes straight into a Cast, and the bundle contract wants
-    float32 outputs.
+    TensorRT accepts a uint8 network input only when it goes straight into a Cast (see
+    ``cast_uint8_inputs_first``), and the bundle contract wants float32 outputs.
     """
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(model.graph)
     for graph_input in model.graph.input:
         if graph_input.type.tensor_type.elem_type != TensorProto.UINT8:
             continue
@@ -126,7 +184,10 @@ def prepare_graph(
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    check_tensorrt_boundary(model)
+    source = onnx.ModelProto()
+    source.CopyFrom(model)
+    rewired = cast_uint8_inputs_first(source)
+    check_tensorrt_boundary(source)
     names = {n.name for n in model.graph.node}
     unknown = sorted(set(keep_fp32_nodes) - names)
     if unknown:
@@ -144,8 +205,6 @@ def prepare_graph(
         )
     pinned = sorted(n.name or n.op_type for n in model.graph.node if n.name in keep_fp32_nodes or n.op_type in block_ops)
     nodes_before = len(model.graph.node)
-    source = onnx.ModelProto()
-    source.CopyFrom(model)
     try:
         prepared = convert_float_to_float16(
             source, keep_io_types=True, op_block_list=sorted(block_ops), node_block_list=list(keep_fp32_nodes)
@@ -165,6 +224,7 @@ def prepare_graph(
         fp32_nodes=pinned,
         qdq_nodes=qdq,
         casts_added=len(prepared.graph.node) - nodes_before,
+        inputs_cast_first=rewired,
         warnings=warnings,
     )
     for warning in warnings:

@@ -115,6 +115,43 @@ def test_verification_catches_a_graph_that_computes_something_else(tmp_path):
     assert "exceeds the manifest tolerance" in report.failures[0]
 
 
+@pytest.mark.parametrize("qdq", [False, True])
+def test_cast_moves_in_front_of_layout_ops_on_the_uint8_input(qdq):
+    original = conv_graph(16, 16, qdq=qdq, transpose_first=True)
+    with pytest.raises(BundleError, match="uint8 and feeds.*to_nchw"):
+        check_tensorrt_boundary(original)
+    original = onnx.shape_inference.infer_shapes(original)  # records a uint8 type for the transposed tensor
+    prepared, report = prepare_graph(original, keep_fp32_nodes=[SOFTMAX_NODE])
+    assert report.inputs_cast_first == ["image"]
+    check_tensorrt_boundary(prepared)
+    first = next(n for n in prepared.graph.node if "image" in n.input)
+    assert first.op_type == "Cast" and first.attribute[0].i == TensorProto.FLOAT16
+    types = _types(prepared)
+    assert types["nchw_u8"] == types["nchw"] == TensorProto.FLOAT16
+
+
+def test_transpose_first_bundle_still_matches_onnxruntime(tmp_path):
+    bundle = make_conv_bundle(tmp_path / "b", qdq=True)
+    graph = tmp_path / "transpose_first.onnx"
+    onnx.save(conv_graph(32, 32, qdq=True, transpose_first=True), graph)
+    from edge_inspector.engines.graph_prep import bundle_with_graph
+
+    exported_like_torch = bundle_with_graph(bundle, graph, tmp_path / "torch_like")
+    out = tmp_path / "prepared.onnx"
+    assert prepare_bundle_graph(exported_like_torch, out).inputs_cast_first == ["image"]
+    report = verify_prepared(exported_like_torch, out)
+    assert report.passed, report.summary()
+
+
+def test_uint8_arithmetic_before_the_cast_is_refused():
+    model = conv_graph(16, 16, qdq=False, transpose_first=True)
+    first = model.graph.node[0]
+    first.op_type, first.input[:] = "Max", ["image", "image"]
+    del first.attribute[:]
+    with pytest.raises(BundleError, match=r"reaches to_nchw \(Max\) before any Cast"):
+        prepare_graph(model)
+
+
 def test_unknown_pinned_node_is_refused():
     with pytest.raises(BundleError, match=r"does not have: \['attn_sofmax'\]"):
         prepare_graph(conv_graph(16, 16, qdq=False), keep_fp32_nodes=["attn_sofmax"])

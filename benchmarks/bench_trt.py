@@ -1,0 +1,128 @@
+"""TensorRT path benchmark (issue 5): FP16 graph preparation drift everywhere; build, parity and latency on a GPU.
+
+On any machine: prepare the bundle graph for a strongly typed build (FP16 float parts, Q/DQ kept, pins FP32) and
+run it in ONNX Runtime (CPU) against the original on the bundle's calibration images: the FP16 part of the error a
+TensorRT plan will show. Where tensorrt, pycuda and an NVIDIA GPU exist, also build the plan, check its parity
+against ONNX Runtime and time both engines (p50/p99, one image per call, host copies included).
+
+    .venv/bin/python benchmarks/bench_trt.py --model path/to/bundle
+    .venv/bin/python benchmarks/bench_trt.py            # no bundle: exports an *untrained* haloae-lite (real Lite0
+                                                        # weights) on magnetic_tile good images (needs torch)
+
+Writes benchmarks/results/trt_<model_id>_<stamp>.json (command, date, machine, preparation report, fp16 parity,
+and, on a GPU, build timings, plan parity and latencies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+WORK = HERE / "work"
+DATASET = Path("/work/shared/datasets/magnetic_tile")
+
+
+def untrained_lite_bundle(out: Path, n_images: int):
+    """haloae-lite with its real ImageNet backbone and an untrained auto-encoder, exported on real tile images."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from edge_inspector.export.onnx_export import ThresholdPolicy, export_bundle, thresholds_from_normal
+    from edge_inspector.model.haloae import build_model
+    from edge_inspector.model.presets import load_preset
+    from edge_inspector.preprocess import to_model_input
+    from edge_inspector.training.scoring import fit_normal_statistics, make_scorer
+
+    torch.manual_seed(0)
+    preset = load_preset("haloae-lite")
+    scorer = make_scorer(build_model(preset.model).eval(), preset)
+    files = sorted((DATASET / "train" / "good").glob("*"))[:n_images]
+    images = np.stack([to_model_input(cv2.imread(str(f)), preset.model.width, preset.model.height)[0] for f in files])
+    stats = fit_normal_statistics(scorer, images)
+    thresholds = thresholds_from_normal(stats, ThresholdPolicy(0.01, 0.001))
+    return export_bundle(scorer, out, "magnetic_tile-haloae-lite-untrained", "stretch", stats, thresholds, None, images)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="bundle folder (default: export an untrained haloae-lite)")
+    parser.add_argument("--images", type=int, default=8, help="calibration images for the exported bundle")
+    parser.add_argument("--latency-runs", type=int, default=200)
+    args = parser.parse_args()
+
+    import onnxruntime
+
+    from edge_inspector.bundle.store import load_bundle
+    from edge_inspector.engines.graph_prep import prepare_bundle_graph, verify_prepared
+    from edge_inspector.engines.trt_run import probe_device
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    bundle = load_bundle(args.model) if args.model else untrained_lite_bundle(
+        Path(tempfile.mkdtemp(dir=WORK, prefix="trt-bundle-")), args.images
+    )
+    device = probe_device()
+    result: dict = {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "gpu": device.gpu_name or "none",
+            "compute_capability": device.compute_capability or "", "tensorrt": device.tensorrt_version or "none",
+        },
+        "model_id": bundle.manifest.model_id,
+        "bundle": str(bundle.path),
+    }
+    with tempfile.TemporaryDirectory(dir=WORK) as scratch:
+        prepared = Path(scratch) / "model.fp16.onnx"
+        start = time.perf_counter()
+        result["preparation"] = prepare_bundle_graph(bundle, prepared).to_dict()
+        result["prepare_s"] = round(time.perf_counter() - start, 3)
+        fp16 = verify_prepared(bundle, prepared, max_images=args.images)
+        result["fp16_in_onnxruntime"] = fp16.to_dict()
+        print(fp16.summary())
+
+    reason = device.unavailable_reason()
+    if reason:
+        result["tensorrt"] = {"skipped": reason}
+        print(f"TensorRT part skipped: {reason}")
+    else:
+        from edge_inspector.engines.ort import OrtEngine
+        from edge_inspector.engines.parity import compare_engines, measure_latency
+        from edge_inspector.engines.trt_build import BuildOptions, build_engine
+        from edge_inspector.engines.trt_run import TrtEngine
+
+        built = build_engine(bundle, BuildOptions(out=WORK / f"{bundle.manifest.model_id}.plan"))
+        trt_engine, ort_engine = TrtEngine(bundle, built.plan_path), OrtEngine(bundle)
+        images = bundle.calibration_images()
+        parity = compare_engines(trt_engine, ort_engine, images, bundle.manifest.thresholds.image, bundle.manifest.parity)
+        print(parity.summary())
+        result["tensorrt"] = {
+            "plan": str(built.plan_path),
+            "build_timings_s": built.sidecar.build_timings_s,
+            "parity": parity.to_dict(),
+            "latency": measure_latency(trt_engine, images[0], runs=args.latency_runs).to_dict(),
+            "onnxruntime_latency": measure_latency(ort_engine, images[0], runs=min(args.latency_runs, 30)).to_dict(),
+        }
+        trt_engine.close()
+        ort_engine.close()
+
+    RESULTS.mkdir(exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"trt_{bundle.manifest.model_id}_{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
