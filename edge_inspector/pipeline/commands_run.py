@@ -151,8 +151,12 @@ def run_line(config: RunConfig, source=None, quiet: bool = False, extra_sinks: l
 
 def main(args: argparse.Namespace) -> int:
     config = load_run_config(args.config, args.overrides, explicit_flags(args))
-    counts = run_line(config, quiet=args.quiet)["counts"]
+    stats = run_line(config, quiet=args.quiet)
+    counts = stats["counts"]
     summary = {key: counts.get(name, 0) for key, name in (("judged", "judged"), ("pass", "PASS"), ("fail", "FAIL"),
                ("unknown", "UNKNOWN"), ("dropped", "dropped"), ("errors", "errors"))}
     print(json.dumps(summary), file=sys.stderr)
+    if stats["failure"]:
+        print(f"error: the line stopped: {stats['failure']}", file=sys.stderr)
+        return 1
     return 0

@@ -83,14 +83,12 @@ class InspectionLoop:
         self.roi = RoiMapper(roi)
         self.stats = LoopStats()
         self._triggers: queue.Queue[str] = queue.Queue()
-        size = self.capture.queue_size
-        self._q_infer: queue.Queue = queue.Queue(size)
-        self._q_decide: queue.Queue = queue.Queue(size)
-        self._q_publish: queue.Queue = queue.Queue(size)
+        self._q_infer, self._q_decide, self._q_publish = (queue.Queue(self.capture.queue_size) for _ in range(3))
         self._lock = threading.Lock()
         self._inflight: _Job | None = None
         self._capture_done = threading.Event()
         self._run_id = int(time.time())
+        self.failure: str | None = None
         self._done = threading.Event()
         stages = (self._capture_stage, self._inference_stage, self._decision_stage, self._publish_stage, self._watchdog)
         self._threads = [threading.Thread(target=self._guard(fn), name=fn.__name__, daemon=True) for fn in stages]
@@ -103,8 +101,7 @@ class InspectionLoop:
                                           engine=self.engine.name, threshold=self.params.effective_threshold))
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until every result has reached the sinks; True when the loop has finished."""
-        return self._done.wait(timeout)
+        return self._done.wait(timeout)  # True once every result has reached the sinks
 
     def stop(self) -> None:
         """Stop reading, let what was captured finish, close the sinks and the source."""
@@ -112,6 +109,8 @@ class InspectionLoop:
         self._running.set()
         self._done.wait(max(5.0, self.timeout_s * 2))
         self.reader.close()
+        if self.failure:  # the publish stage may never reach its own clean-up
+            self._close_sinks()
 
     def run(self) -> dict:
         """start + wait + stop; returns the stats snapshot."""
@@ -169,7 +168,7 @@ class InspectionLoop:
         snap["counts"]["dropped"] = snap["counts"].get("dropped", 0) + getattr(self.reader, "dropped", 0)
         source = self.reader.source if isinstance(self.reader, LatestFrameReader) else self.reader
         snap["source"] = {"name": source.name, "status": source.status, "reopens": source.reopens}
-        snap.update(mode=self.mode, paused=self.paused, threshold=self.params.effective_threshold)
+        snap.update(mode=self.mode, paused=self.paused, threshold=self.params.effective_threshold, failure=self.failure)
         return snap
 
     # ------------------------------------------------------------------ stages (own threads)
@@ -178,8 +177,9 @@ class InspectionLoop:
         def run() -> None:
             try:
                 stage()
-            except Exception:  # a bug in one stage must stop the loop loudly, not hang it
+            except Exception as exc:  # a bug in one stage must stop the loop loudly, not hang it
                 log.exception("loop stage crashed", extra=kv(stage=stage.__name__))
+                self.failure = f"{stage.__name__} crashed: {type(exc).__name__}: {exc}"
                 self._stop.set()
                 self._capture_done.set()
                 self._done.set()
@@ -318,9 +318,7 @@ class InspectionLoop:
                 queued.error = "engine still busy with a timed-out inference"
                 self._put(self._q_decide, queued)
             if self._capture_done.is_set() and self._q_infer.empty():
-                with self._lock:
-                    still_stuck = self._inflight is not None
-                if still_stuck:  # the inference thread may never return: finish the run without it
+                if self._inflight is not None:  # the inference thread may never return: finish the run without it
                     self._put(self._q_decide, _END)
                     return
 
@@ -354,10 +352,7 @@ class InspectionLoop:
             job.timings["overlay"] = (time.perf_counter() - start) * 1e3
         decided = time.time()
         job.timings["total"] = (decided - frame.captured_at) * 1e3 + frame.decode_ms
-        for stage, ms in job.timings.items():
-            self.stats.record(stage, ms)
-        self.stats.count("judged")
-        self.stats.count(decision.verdict.value)
+        self.stats.record_part(job.timings, decision.verdict.value)
         return InspectionResult(
             sequence=0, part_id=frame.part_id or f"{self.station}-{self._run_id}-{frame.index}",
             captured_at=frame.captured_at, decided_at=decided, verdict=decision.verdict, score=decision.score,
@@ -390,9 +385,14 @@ class InspectionLoop:
                     self.stats.count("sink_errors")
                     log.exception("sink failed", extra=kv(sink=type(sink).__name__))
             self.stats.record("publish", (time.perf_counter() - start) * 1e3)
-        for sink in self.sinks:
+        self._close_sinks()
+        self._done.set()
+
+    def _close_sinks(self) -> None:
+        with self._lock:
+            sinks, self.sinks = self.sinks, []
+        for sink in sinks:
             try:
                 sink.close()
             except Exception:  # still close the others and finish
                 log.exception("sink close failed", extra=kv(sink=type(sink).__name__))
-        self._done.set()

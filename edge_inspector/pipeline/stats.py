@@ -23,6 +23,14 @@ class LoopStats:
         with self._lock:
             self._samples[stage].append(ms)
 
+    def record_part(self, timings: dict[str, float], verdict: str) -> None:
+        """One judged part: its stage timings and its verdict."""
+        with self._lock:
+            for stage, ms in timings.items():
+                self._samples[stage].append(ms)
+            self.counts["judged"] += 1
+            self.counts[verdict] += 1
+
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.counts[key] += n

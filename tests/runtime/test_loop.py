@@ -203,3 +203,17 @@ def test_a_broken_sink_does_not_stop_the_others(engine, bundle):
     loop = InspectionLoop(DemoLine(parts=3, size=SIZE), engine, bundle.manifest, [Broken(), good])
     stats = loop.run()
     assert len(good.results) == 3 and stats["counts"]["sink_errors"] == 3
+
+
+def test_a_crashing_stage_stops_the_loop_and_says_why(engine, bundle):
+    class Closing(CollectingSink):
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    sink = Closing()
+    loop = InspectionLoop(DemoLine(parts=50, size=SIZE), engine, bundle.manifest, [sink])
+    loop._judge = None  # a bug in the decision stage (not guarded per part, unlike engine errors)
+    stats = loop.run()
+    assert stats["failure"] and "decision" in stats["failure"] and sink.closed
