@@ -23,7 +23,6 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import paho.mqtt.client as paho
@@ -37,7 +36,7 @@ from edge_inspector.pipeline.results import InspectionResult, Verdict
 from edge_inspector.publish.broker import BrokerAddress, Topics, checked_tls, credentials, parse_broker_url
 from edge_inspector.publish.commands import Command, CommandError, parse_command, response
 from edge_inspector.publish.schema import build_message, iso_utc
-from edge_inspector.publish.spool import Spool
+from edge_inspector.publish.spool import Spool, spool_path
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,6 @@ IN_FLIGHT_WINDOW = 64
 """Results handed to paho and not yet acknowledged; the rest wait in the spool, not in memory."""
 RECONNECT_DELAY_S = (1, 10)
 """paho's reconnect backoff: first and longest wait (it doubles in between)."""
-SPOOL_FILE = "results.sqlite"
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,7 @@ class ResultPublisher:
         self._heartbeat_extra = heartbeat_extra
         self._status: dict[str, Any] = {"station": station, "model_id": model_id, "version": __version__}
         self.address = parse_broker_url(settings.url)
-        self._spool = Spool(Path(settings.spool_dir) / SPOOL_FILE, int(settings.spool_max_mb * 1024 * 1024))
+        self._spool = Spool(spool_path(settings.spool_dir, station), int(settings.spool_max_mb * 1024 * 1024))
 
         self._connected = threading.Event()
         self._stopping = threading.Event()

@@ -12,7 +12,9 @@ Commits use ``synchronous=FULL`` in WAL mode, so an acknowledged write survives 
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import re
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -41,7 +43,13 @@ CREATE TABLE IF NOT EXISTS meta (
 
 
 class SpoolError(EdgeInspectorError):
-    """The spool file cannot be opened or written (disk full, permissions, corrupt database)."""
+    """The spool file cannot be opened or written (disk full, permissions, corrupt database, in use)."""
+
+
+def spool_path(spool_dir: str | Path, station: str) -> Path:
+    """One spool per station, so two stations on one box never share sequence numbers or results."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", station) or "station"
+    return Path(spool_dir) / f"results-{safe}.sqlite"
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,10 @@ class Spool:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot open the result spool {self.path}: {exc}") from exc
+        self._lock_file = self._claim()
+        try:
             # check_same_thread=False: the loop appends and the publisher thread deletes; _lock serialises them.
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -72,10 +84,25 @@ class Spool:
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM entries").fetchone()
         except (sqlite3.Error, OSError) as exc:
+            self._lock_file.close()
             raise SpoolError(f"cannot open the result spool {self.path}: {exc}") from exc
         self._count, self._bytes = int(row[0]), int(row[1])
         self._over_cap_warned = False
         self._drop_warned = False
+
+    def _claim(self):
+        """Lock the spool for this process: a second publisher on the same spool would send every result twice.
+
+        The kernel drops the lock when the process ends, however it ends, so a killed run never blocks the next.
+        """
+        lock_file = open(self.path.with_name(self.path.name + ".lock"), "a+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.close()
+            raise SpoolError(f"the result spool {self.path} is in use by another edge-inspector process; "
+                             "give each running station its own station name or mqtt.spool_dir") from None
+        return lock_file
 
     # ------------------------------------------------------------------ counters kept in the meta table
     def _meta(self, key: str) -> int:
@@ -179,6 +206,7 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._lock_file.close()  # releases the flock
 
     # ------------------------------------------------------------------ internals
     def _transaction(self):

@@ -19,7 +19,8 @@ from pathlib import Path
 from edge_inspector.config import MqttSettings
 from edge_inspector.pipeline.results import Verdict
 from edge_inspector.publish.broker import Topics
-from edge_inspector.publish.mqtt import SPOOL_FILE, ResultPublisher
+from edge_inspector.publish.mqtt import ResultPublisher
+from edge_inspector.publish.spool import spool_path
 from tests.fixtures.broker import Subscriber
 from tests.fixtures.inspection_results import make_result
 
@@ -134,7 +135,7 @@ def test_killed_publisher_loses_nothing_and_counts_on(mosquitto, tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    with sqlite3.connect(spool_dir / SPOOL_FILE) as db:
+    with sqlite3.connect(spool_path(spool_dir, STATION)) as db:
         assert db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] >= 30  # really non-empty at the kill
 
     mosquitto.start()
@@ -146,6 +147,33 @@ def test_killed_publisher_loses_nothing_and_counts_on(mosquitto, tmp_path):
     order, _ = deduplicated(subscriber.on(TOPICS.result))
     assert order == list(range(1, 52))
     assert publisher.flush(10)
+    publisher.stop()
+    subscriber.close()
+
+
+def test_killed_while_sending_loses_nothing(mosquitto, tmp_path):
+    """Killed with results in flight (sent, PUBACK not yet recorded): those are sent again, nothing goes missing."""
+    subscriber = persistent_subscriber(mosquitto, "kill-busy")
+    spool_dir = tmp_path / "spool"
+    process = start_publisher_process(mosquitto.url, spool_dir)
+    try:
+        _, last, _ = ask(process, "publish 400")
+        assert last == "400"
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with sqlite3.connect(spool_path(spool_dir, STATION)) as db:
+        left = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    publisher = ResultPublisher(MqttSettings(url=mosquitto.url, topic_prefix="test", spool_dir=str(spool_dir)),
+                                STATION)
+    publisher.start()
+    assert subscriber.wait_for(has_results(400), timeout=60), mosquitto.log_text()
+    order, repeats = deduplicated(subscriber.on(TOPICS.result))
+    assert order == list(range(1, 401))
+    assert publisher.flush(10)
+    print(f"killed while sending: {left} left in the spool, {repeats} repeated deliveries")
     publisher.stop()
     subscriber.close()
 

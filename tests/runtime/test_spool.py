@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from edge_inspector.publish.spool import Spool, SpoolError
+from edge_inspector.publish.spool import Spool, SpoolError, spool_path
 
 
 def payload_of(size: int):
@@ -108,3 +108,14 @@ def test_concurrent_append_and_remove(tmp_path):
     thread.join(30)
     assert sorted(removed) == list(range(1, 201)) and len(spool) == 0
     assert sqlite3.connect(spool.path).execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 0
+
+
+def test_one_process_per_spool_and_one_spool_per_station(tmp_path):
+    first = Spool(spool_path(tmp_path, "line 1/a"), max_bytes=100)
+    with pytest.raises(SpoolError, match="in use by another edge-inspector process"):
+        Spool(spool_path(tmp_path, "line 1/a"), max_bytes=100)
+    other = Spool(spool_path(tmp_path, "line-2"), max_bytes=100)  # another station, another file
+    assert other.path != first.path and first.path.parent == tmp_path
+    first.close()
+    Spool(spool_path(tmp_path, "line 1/a"), max_bytes=100).close()  # free again once closed
+    other.close()
