@@ -23,6 +23,16 @@ class Topics:
 
     @classmethod
     def for_station(cls, prefix: str, station: str) -> Topics:
+        """Topics under ``<prefix>/<station>/``.
+
+        Raises:
+            ConfigError: The station or prefix holds an MQTT wildcard, or the station is empty or holds a '/'.
+        """
+        if not station or any(c in station for c in "+#/"):
+            raise ConfigError(f"station '{station}' cannot be used in MQTT topics: it must be non-empty, "
+                              "without '+', '#' or '/'")
+        if any(c in prefix for c in "+#"):
+            raise ConfigError(f"mqtt.topic_prefix '{prefix}' cannot hold the MQTT wildcards '+' or '#'")
         base = f"{prefix.rstrip('/')}/{station}"
         return cls(f"{base}/result", f"{base}/status", f"{base}/heartbeat", f"{base}/cmd", f"{base}/cmd/response")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -164,6 +165,10 @@ def test_tls_and_credential_errors_are_clear(tmp_path, monkeypatch):
     monkeypatch.delenv("EDGE_INSPECTOR_MQTT_USERNAME", raising=False)
     with pytest.raises(ConfigError, match=r"\$EDGE_INSPECTOR_MQTT_USERNAME"):
         ResultPublisher(MqttSettings(spool_dir=spool), STATION)
+    with pytest.raises(ConfigError, match="station 'line#1' cannot be used in MQTT topics"):
+        ResultPublisher(MqttSettings(spool_dir=spool), "line#1")
+    with pytest.raises(ConfigError, match=re.escape("mqtt.topic_prefix 'plant/+' cannot hold")):
+        ResultPublisher(MqttSettings(spool_dir=spool, topic_prefix="plant/+"), STATION)
     with pytest.raises(ConfigError, match="invalid port"):
         ResultPublisher(MqttSettings(url="mqtt://127.0.0.1:99999", spool_dir=spool), STATION)
 
