@@ -23,8 +23,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edge_inspector.bundle.store import Bundle, load_bundle, write_bundle
 from edge_inspector.errors import BundleError
@@ -55,13 +56,18 @@ class PreparationReport:
     casts_added: int = 0
     inputs_cast_first: list[str] = field(default_factory=list)
     """uint8 inputs whose Cast was moved in front of the layout ops that came first."""
+    bias_dq_folded: int = 0
+    """INT32 bias DequantizeLinear nodes folded into float initializers."""
+    int4_widened: int = 0
+    """INT4 initializers widened to INT8 containers."""
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
             "opset": self.opset, "converted_nodes": self.converted_nodes, "fp32_nodes": self.fp32_nodes,
             "qdq_nodes": self.qdq_nodes, "casts_added": self.casts_added,
-            "inputs_cast_first": self.inputs_cast_first, "warnings": self.warnings,
+            "inputs_cast_first": self.inputs_cast_first, "bias_dq_folded": self.bias_dq_folded,
+            "int4_widened": self.int4_widened, "warnings": self.warnings,
         }
 
 
@@ -128,6 +134,64 @@ def cast_uint8_inputs_first(model: onnx.ModelProto) -> list[str]:
     return rewired
 
 
+def _initializer_array(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    for tensor in graph.initializer:
+        if tensor.name == name:
+            return numpy_helper.to_array(tensor)
+    return None
+
+
+def make_qdq_tensorrt_ready(model: onnx.ModelProto) -> dict[str, int]:
+    """Rewrite the Q/DQ parts TensorRT cannot parse into equivalent ones it can; edits ``model`` in place.
+
+    * ``DequantizeLinear`` of a constant INT32 bias (what ONNX Runtime's QDQ format and our HQS export write):
+      TensorRT only dequantizes activation types, so the bias is folded into a float initializer (same values).
+    * INT4 weight initializers: TensorRT takes INT4 only as weight-only MatMul/Gemm, never conv; the 4-bit codes
+      are widened to INT8 containers (same grid, same values).
+
+    Raises:
+        BundleError: a Q/DQ with a non-zero or unsigned zero point (TensorRT quantization is symmetric INT8).
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    counts = {"bias_dq_folded": 0, "int4_widened": 0}
+    kept_nodes = []
+    for node in graph.node:
+        if node.op_type not in QDQ_OPS:
+            kept_nodes.append(node)
+            continue
+        zero_point = _initializer_array(graph, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zero_point is not None and (zero_point.dtype == np.uint8 or np.any(zero_point.astype(np.int64) != 0)):
+            raise BundleError(
+                f"{node.name or node.op_type}: zero point {zero_point.dtype} {zero_point.ravel()[:3]}…; TensorRT "
+                "needs symmetric signed quantization (int8, zero point 0). Re-quantize symmetrically."
+            )
+        source = inits.get(node.input[0])
+        if node.op_type == "DequantizeLinear" and source is not None and source.data_type == TensorProto.INT32:
+            codes = numpy_helper.to_array(source).astype(np.float64)
+            scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+            if scale.ndim:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % codes.ndim
+                scale = scale.reshape([-1 if d == axis else 1 for d in range(codes.ndim)])
+            offset = zero_point.astype(np.float64) if zero_point is not None else 0.0
+            graph.initializer.append(numpy_helper.from_array(((codes - offset) * scale).astype(np.float32), node.output[0]))
+            counts["bias_dq_folded"] += 1
+            continue
+        for name in node.input[0::2]:  # the quantized input and the zero point
+            tensor = inits.get(name)
+            if tensor is not None and tensor.data_type == TensorProto.INT4:
+                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.int8), name))
+                counts["int4_widened"] += 1
+        kept_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    return counts
+
+
 def check_tensorrt_boundary(model: onnx.ModelProto) -> None:
     """Refuse a graph whose boundary TensorRT cannot take, before any build time is spent.
 
@@ -188,6 +252,7 @@ def prepare_graph(
     source.CopyFrom(model)
     rewired = cast_uint8_inputs_first(source)
     check_tensorrt_boundary(source)
+    qdq_rewrites = make_qdq_tensorrt_ready(source)
     names = {n.name for n in model.graph.node}
     unknown = sorted(set(keep_fp32_nodes) - names)
     if unknown:
@@ -195,7 +260,7 @@ def prepare_graph(
     opset = default_opset(model)
     block_ops = set(keep_fp32_op_types)
     warnings = []
-    qdq = sum(n.op_type in QDQ_OPS for n in model.graph.node)
+    qdq = sum(n.op_type in QDQ_OPS for n in source.graph.node)
     if qdq and opset < FP16_SCALE_OPSET:
         # FP16 scales need opset 19; older Q/DQ stay FP32 behind Casts, which can cost TensorRT its INT8 fusions.
         block_ops |= set(QDQ_OPS)
@@ -203,8 +268,8 @@ def prepare_graph(
             f"opset {opset} < {FP16_SCALE_OPSET}: Q/DQ kept in FP32 behind Casts; export at opset >= "
             f"{FP16_SCALE_OPSET} so TensorRT can fuse them into INT8 kernels"
         )
-    pinned = sorted(n.name or n.op_type for n in model.graph.node if n.name in keep_fp32_nodes or n.op_type in block_ops)
-    nodes_before = len(model.graph.node)
+    pinned = sorted(n.name or n.op_type for n in source.graph.node if n.name in keep_fp32_nodes or n.op_type in block_ops)
+    nodes_before = len(source.graph.node)
     try:
         prepared = convert_float_to_float16(
             source, keep_io_types=True, op_block_list=sorted(block_ops), node_block_list=list(keep_fp32_nodes)
@@ -225,6 +290,8 @@ def prepare_graph(
         qdq_nodes=qdq,
         casts_added=len(prepared.graph.node) - nodes_before,
         inputs_cast_first=rewired,
+        bias_dq_folded=qdq_rewrites["bias_dq_folded"],
+        int4_widened=qdq_rewrites["int4_widened"],
         warnings=warnings,
     )
     for warning in warnings:

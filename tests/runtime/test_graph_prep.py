@@ -152,6 +152,35 @@ def test_uint8_arithmetic_before_the_cast_is_refused():
         prepare_graph(model)
 
 
+def test_int32_bias_and_int4_weights_become_what_tensorrt_parses(tmp_path):
+    original = conv_graph(32, 32, qdq=True, int32_bias=True, int4_weights=True)
+    prepared, report = prepare_graph(original, keep_fp32_nodes=[SOFTMAX_NODE])
+    assert (report.bias_dq_folded, report.int4_widened) == (1, 2)  # the codes and their zero point
+    inits = {t.name: t for t in prepared.graph.initializer}
+    assert "b1_int32" not in inits and inits["b1"].data_type == TensorProto.FLOAT16
+    assert inits["w1_int8"].data_type == inits["w1_zp"].data_type == TensorProto.INT8
+    dq_sources = [inits[n.input[0]].data_type for n in prepared.graph.node
+                  if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert dq_sources == [TensorProto.INT8]  # only the weight DQ is left on a constant, and it is INT8
+    bundle = make_conv_bundle(tmp_path / "b", qdq=True)
+    graph = tmp_path / "int4.onnx"
+    onnx.save(original, graph)
+    from edge_inspector.engines.graph_prep import bundle_with_graph
+
+    int4_bundle = bundle_with_graph(bundle, graph, tmp_path / "int4")
+    out = tmp_path / "prepared.onnx"
+    prepare_bundle_graph(int4_bundle, out)
+    assert verify_prepared(int4_bundle, out).passed
+
+
+def test_asymmetric_quantization_is_refused():
+    model = conv_graph(16, 16, qdq=True)
+    zp = next(t for t in model.graph.initializer if t.name == "act_zp")
+    zp.CopyFrom(numpy_helper.from_array(np.array(3, np.int8), "act_zp"))
+    with pytest.raises(BundleError, match="in_q: zero point int8.*symmetric"):
+        prepare_graph(model)
+
+
 def test_unknown_pinned_node_is_refused():
     with pytest.raises(BundleError, match=r"does not have: \['attn_sofmax'\]"):
         prepare_graph(conv_graph(16, 16, qdq=False), keep_fp32_nodes=["attn_sofmax"])
