@@ -71,23 +71,32 @@ class VideoSource:
     def open(self) -> None:
         if self.camera_index is None and not self.live and not Path(self.spec).is_file():
             raise SourceError(f"Video file not found: {self.spec}")
-        if self.camera_index is not None:
-            capture = cv2.VideoCapture(self.camera_index)
-        elif self.live:
-            # A stream that goes silent must not block a read for FFmpeg's default 30 s: bound open and read.
-            timeout_ms = int(self.settings.read_timeout_s * 1000)
-            capture = cv2.VideoCapture(self.spec, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
-                                                                cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
-        else:
-            capture = cv2.VideoCapture(self.spec)
+        log_level = cv2.utils.logging.getLogLevel()
+        # OpenCV prints each backend's failure on stderr; the SourceError below says what went wrong once.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            capture = self._open_capture()
+        finally:
+            cv2.utils.logging.setLogLevel(log_level)
         if not capture.isOpened():
             capture.release()
-            raise SourceError(f"Cannot open {self.name}: OpenCV could not open it (check the index, path or URL)")
+            hint = " (is a camera connected at that index?)" if self.camera_index is not None else ""
+            raise SourceError(f"Cannot open {self.name}: OpenCV could not open it{hint}")
         for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, self.settings.width),
                             (cv2.CAP_PROP_FRAME_HEIGHT, self.settings.height), (cv2.CAP_PROP_FPS, self.settings.fps)):
             if value and self.live:
                 capture.set(prop, value)
         self._capture = capture
+
+    def _open_capture(self) -> cv2.VideoCapture:
+        if self.camera_index is not None:
+            return cv2.VideoCapture(self.camera_index)
+        if self.live:
+            # A stream that goes silent must not block a read for FFmpeg's default 30 s: bound open and read.
+            timeout_ms = int(self.settings.read_timeout_s * 1000)
+            return cv2.VideoCapture(self.spec, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
+                                                             cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
+        return cv2.VideoCapture(self.spec)
 
     def read(self) -> Frame | None:
         if self._capture is None:

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -120,13 +119,7 @@ def run_line(config: RunConfig, source=None, quiet: bool = False, extra_sinks: l
                           roi=config.roi, station=config.station, overlay=overlay)
     loop_holder["loop"] = loop
     if publisher:
-        publisher.start()
-        deadline = time.monotonic() + 1.0
-        while not publisher.connected and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not publisher.connected:
-            print(f"MQTT broker {config.mqtt.url} not reachable yet: results are spooled in {config.mqtt.spool_dir} "
-                  "and sent when it is", file=sys.stderr)
+        publisher.start()  # an unreachable broker is logged by the publisher, and results are spooled meanwhile
     try:
         loop.start()
     except BaseException:

@@ -93,3 +93,10 @@ def test_demo_runs_the_bundled_model_and_summarises(capsys, tmp_path, monkeypatc
 def test_demo_writes_a_training_dataset(tmp_path, capsys):
     code = cli.main(["demo", "--write-dataset", str(tmp_path / "data"), "--train-good", "4"])
     assert code == 0 and len(list((tmp_path / "data/demo_gravel/train/good").glob("*.png"))) == 4
+
+
+def test_a_camera_that_is_not_there_is_one_clear_error(bundle_dir, capfd):
+    code = cli.main(["--camera", "99", "--model", str(bundle_dir), *OFFLINE])
+    err = capfd.readouterr().err
+    assert code == 2 and "Cannot open camera:99" in err and "is a camera connected" in err
+    assert "VIDEOIO" not in err  # OpenCV's own backend noise is kept off the console
