@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -109,3 +111,16 @@ def test_error_keeps_request_id_and_kind_for_the_response():
     assert (info.value.request_id, info.value.kind) == ("req-5", "set_sensitivity")
     doc = json.loads(response(info.value.request_id, info.value.kind, False, str(info.value)))
     assert doc == {"id": "req-5", "kind": "set_sensitivity", "ok": False, "error": str(info.value)}
+
+
+def test_only_the_mqtt_module_loads_paho():
+    code = (
+        "import sys\n"
+        "import edge_inspector.publish.archive, edge_inspector.publish.broker, edge_inspector.publish.commands\n"
+        "import edge_inspector.publish.schema, edge_inspector.publish.spool\n"
+        "before = 'paho' in sys.modules\n"
+        "import edge_inspector.publish.mqtt\n"
+        "print(before, 'paho' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.stdout.split() == ["False", "True", "False"], run.stderr
