@@ -222,14 +222,16 @@ def measure_signals(
     reconstruction_loss: Callable[[], torch.Tensor] | None,
     hessian_samples: int = 8,
     progress: bool = True,
+    prober: Prober | None = None,
 ) -> list[UnitSignals]:
     """All signals for all units (the expensive step: two probe passes per unit, plus the Hessian estimate).
 
     Args:
         reconstruction_loss: closure computing the FP32 model's feature-reconstruction loss on normal images, for
             the Hessian term; None skips it.
+        prober: a ``Prober`` already built on ``probe`` (reused by the caller for the repair step).
     """
-    prober = Prober(scorer, units, probe)
+    prober = prober or Prober(scorer, units, probe)
     signals = [UnitSignals(u.name, u.kind, u.params) for u in units]
     if reconstruction_loss is not None and hessian_samples > 0:
         modules = quant_modules(scorer)

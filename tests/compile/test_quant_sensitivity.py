@@ -61,7 +61,7 @@ def test_combine_scales_each_signal_by_its_largest_4bit_value():
 
 
 def test_signals_on_a_tiny_haloae():
-    # a short backbone (stage2) and two blocks keep this test fast: 19 units instead of 65
+    # a short backbone (stage2) and two blocks keep this test fast: 25 units instead of 65
     spec = load_preset("haloae-lite", ["model.width=64", "model.height=64", "model.layers=[stage2]",
                                        "model.widths=[32,32,16]", "model.heads=[2,2]", "model.kernels=[3,3]"]).model
     model = build_model(spec, pretrained=False).eval()

@@ -1,0 +1,241 @@
+"""HQS end to end: trained FP32 HaloAE -> per-unit signals -> bit plan -> repair -> QAT -> QDQ bundle + plan files.
+
+Data use: activation ranges and QAT come from the fit split of ``<data>/train/good``; the probe set (signals,
+repair), normal statistics and thresholds come from the held-back split (the same seeded split training used).
+Test images are never touched.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from edge_inspector.export.qdq import (
+    conv_quant_from_module,
+    dedupe_initializers,
+    initializer_bytes,
+    insert_qdq,
+    ort_session,
+)
+from edge_inspector.quantization.bitplan import UnitCost, allocate, capacity_bits, plan_bits, repair
+from edge_inspector.quantization.defects import ProbeSet, make_probe_set
+from edge_inspector.quantization.qat import QatOptions, QatReport, finetune
+from edge_inspector.quantization.report import plan_rows, write_plan
+from edge_inspector.quantization.sensitivity import Prober, measure_signals
+from edge_inspector.quantization.units import (
+    QuantUnit,
+    apply_plan,
+    discover_units,
+    fold_batchnorm,
+    quant_modules,
+    set_mode,
+    wrap_units,
+)
+
+TRAINING_ONLY = ("model.image_head", "model.classifier")
+"""Heads that only shape training: not exported, never quantized."""
+
+
+@dataclass
+class CalibrateOptions:
+    budget_bits: float | None = 5.0
+    """Average weight bits over all units (exclusive with ``budget_bytes``)."""
+    budget_bytes: int | None = None
+    tolerance: float = 1.0
+    """Allowed validation AUROC drop (points, image or pixel, on the probe set) before repair promotes units."""
+    n_calibration: int = 32
+    n_probe_normal: int = 16
+    n_probe_defects: int = 16
+    observer: str = "percentile"
+    percentile: float = 99.99
+    hessian_samples: int = 4
+    qat: QatOptions = field(default_factory=QatOptions)
+    small: bool = False
+    """Write 4-bit weights as true INT4 initializers (smaller file; ORT then runs those convs in float)."""
+    seed: int = 0
+    latency_runs: int = 10
+    threads: int = 1
+    progress: bool = True
+
+
+def prepare(scorer: nn.Module, calibration: np.ndarray, options: CalibrateOptions) -> list[QuantUnit]:
+    """Fold BN, find and wrap the units, and record activation ranges on ``calibration`` images."""
+    scorer.eval()
+    with torch.no_grad():
+        fold_batchnorm(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
+    units = discover_units(scorer, skip=TRAINING_ONLY)
+    wrap_units(scorer, units, options.observer, options.percentile)
+    set_mode(scorer, "calibrate")
+    with torch.no_grad():
+        for start in range(0, len(calibration), 8):
+            scorer(torch.from_numpy(np.ascontiguousarray(calibration[start : start + 8])))
+    set_mode(scorer, "float")
+    return units
+
+
+def auroc_drop(prober: Prober, plan: dict[str, str]) -> tuple[float, dict[str, float]]:
+    """Validation AUROC drop of ``plan`` (the worse of image and pixel, in points) and its metrics."""
+    ref = prober.metrics(prober.reference)
+    now = prober.metrics(prober.run(plan))
+    drop = max(ref["image_auroc"] - now["image_auroc"], ref["pixel_auroc"] - now["pixel_auroc"])
+    return float(np.nan_to_num(drop)), now
+
+
+def latency_p50_ms(model: onnx.ModelProto, image: np.ndarray, runs: int, threads: int) -> float:
+    """Median ONNX Runtime CPU latency of one image (after two warm-up runs)."""
+    session = ort_session(model, threads=threads)
+    name = session.get_inputs()[0].name
+    feed = {name: image[None]}
+    for _ in range(2):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
+def qdq_graph(scorer: nn.Module, fp32: onnx.ModelProto, small: bool) -> onnx.ModelProto:
+    """The QDQ graph of a calibrated, bit-planned scorer (``fp32`` exported from the same scorer)."""
+    convs = {n: conv_quant_from_module(m) for n, m in quant_modules(scorer).items() if m.precision != "keep"}
+    graph = insert_qdq(fp32, convs, small=small)
+    dedupe_initializers(graph)
+    return graph
+
+
+@torch.no_grad()
+def parity(scorer: nn.Module, graph: onnx.ModelProto, images: np.ndarray, threads: int = 1) -> dict[str, float]:
+    """Largest ORT-vs-torch map difference (relative to the largest map value) and score difference (relative)."""
+    session = ort_session(graph, threads=threads)
+    name = session.get_inputs()[0].name
+    map_diff = score_diff = 0.0
+    for image in images:
+        ref_map, ref_score = scorer(torch.from_numpy(np.ascontiguousarray(image[None])))
+        out_map, out_score = session.run(None, {name: image[None]})
+        scale = max(float(ref_map.abs().max()), 1e-12)
+        map_diff = max(map_diff, float(np.abs(out_map - ref_map.numpy()).max()) / scale)
+        score_diff = max(score_diff, abs(float(out_score[0]) - float(ref_score[0])) / max(abs(float(ref_score[0])), 1e-12))
+    return {"max_map_diff": map_diff, "max_score_diff": score_diff}
+
+
+@dataclass
+class HqsResult:
+    units: list[QuantUnit]
+    signals: list
+    plan: dict[str, str]
+    allocated: dict[str, str]
+    repair: Any
+    qat: QatReport
+    metrics_fp32: dict[str, float]
+    metrics_hqs: dict[str, float]
+    total_params: int
+    plan_bits: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_hqs(
+    scorer: nn.Module,
+    preset,
+    fit_images: np.ndarray,
+    probe: ProbeSet,
+    options: CalibrateOptions,
+) -> HqsResult:
+    """Signals, allocation, repair and QAT on an FP32 scorer (modified in place: wrapped, planned, fine-tuned)."""
+    rng = np.random.default_rng(options.seed)
+    calibration = fit_images[rng.permutation(len(fit_images))[: options.n_calibration]]
+    units = prepare(scorer, calibration, options)
+    model = scorer.model
+    loss_images = model.normalize(torch.from_numpy(np.ascontiguousarray(calibration[:2])))
+
+    def reconstruction_loss() -> torch.Tensor:
+        f = model.features(loss_images)
+        return (model.reconstruct(f) - f).square().mean()
+
+    prober = Prober(scorer, units, probe)
+    signals = measure_signals(scorer, units, probe, reconstruction_loss, options.hessian_samples,
+                              options.progress, prober=prober)
+    costs = [UnitCost(s.name, u.params, dict(s.score), u.min_bits) for s, u in zip(signals, units)]
+    capacity = capacity_bits(costs, options.budget_bits, options.budget_bytes)
+    allocated = allocate(costs, capacity)
+    repaired = repair(costs, allocated, lambda plan: auroc_drop(prober, plan)[0], options.tolerance)
+    apply_plan(scorer, units, repaired.plan)
+    set_mode(scorer, "quant")
+    qat_report = finetune(scorer, fit_images, preset, options.qat, quantized=True, progress=options.progress)
+    # QAT moved the weights: the reference stays the FP32 model the prober measured first
+    _, metrics_hqs = auroc_drop(prober, repaired.plan)
+    apply_plan(scorer, units, repaired.plan)
+    set_mode(scorer, "quant")
+    return HqsResult(units, signals, repaired.plan, allocated, repaired, qat_report,
+                     prober.metrics(prober.reference), metrics_hqs, sum(u.params for u in units),
+                     plan_bits(costs, repaired.plan), plan_rows(units, signals, repaired.plan))
+
+
+def summary_of(result: HqsResult, options: CalibrateOptions) -> dict[str, Any]:
+    """Whole-model figures for the plan files and the command's final print."""
+    ref, now = result.metrics_fp32, result.metrics_hqs
+    bits = result.plan_bits / max(result.total_params, 1)
+    return {
+        "units": len(result.units),
+        "weights": result.total_params,
+        "budget": f"{options.budget_bits} bits average" if options.budget_bits is not None
+        else f"{options.budget_bytes} bytes",
+        "average_weight_bits": round(bits, 3),
+        "unit_weight_bytes": int(result.plan_bits / 8),
+        "unit_weight_bytes_fp32": result.total_params * 4,
+        "precisions": {p: sum(v == p for v in result.plan.values()) for p in ("w4a8", "w8a8", "keep")},
+        "repair_steps": [f"{s.promoted} -> {s.precision} (drop {s.drop_before:.2f} -> {s.drop_after:.2f})"
+                         for s in result.repair.steps],
+        "repair_within_tolerance": result.repair.within_tolerance,
+        "qat_steps": result.qat.steps,
+        "qat_losses": result.qat.losses,
+        "probe_image_auroc_fp32": ref["image_auroc"],
+        "probe_image_auroc_hqs": now["image_auroc"],
+        "probe_pixel_auroc_fp32": ref["pixel_auroc"],
+        "probe_pixel_auroc_hqs": now["pixel_auroc"],
+    }
+
+
+def finish_plan_files(result: HqsResult, summary: dict[str, Any], folders: list[Path], name: str) -> list[Path]:
+    """Write the plan YAML + markdown into every folder in ``folders``."""
+    paths: list[Path] = []
+    for folder in folders:
+        paths += list(write_plan(folder, name, result.rows, summary))
+    return paths
+
+
+def export_qdq_bundle(scorer, fp32_bundle, out_dir: Path, result: HqsResult, options: CalibrateOptions,
+                      plan_name: str, stats, thresholds, holdout: np.ndarray) -> tuple[Any, onnx.ModelProto]:
+    """Rewrite an FP32 bundle exported from ``scorer`` (float mode) into the QDQ bundle at ``out_dir``."""
+    from edge_inspector.bundle.manifest import QuantizationSpec
+    from edge_inspector.bundle.store import sha256_file, write_bundle
+
+    fp32 = onnx.load(str(fp32_bundle.onnx_path))
+    set_mode(scorer, "quant")
+    graph = qdq_graph(scorer, fp32, options.small)
+    softmax = [n.name for n in graph.graph.node if n.op_type == "Softmax"]
+    with tempfile.TemporaryDirectory(prefix="ei-qdq-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(graph, str(path))
+        manifest = fp32_bundle.manifest.model_copy(deep=True)
+        digest = sha256_file(path)
+        manifest.model_id = f"{manifest.model_id.rsplit('-', 1)[0]}-hqs-{digest[:8]}"
+        manifest.quantization = QuantizationSpec(
+            precision="qdq",
+            bit_plan=result.plan,
+            keep_fp32_nodes=softmax,
+            weight_bytes=initializer_bytes(graph),
+            table=f"calibration/{plan_name}.yaml",
+        )
+        manifest.score.image, manifest.score.pixel = stats.image, stats.pixel
+        manifest.thresholds = thresholds
+        bundle = write_bundle(out_dir, path, manifest, holdout)
+    return bundle, graph

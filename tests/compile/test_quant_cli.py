@@ -1,0 +1,57 @@
+"""``edge-inspector calibrate`` end to end on a tiny HaloAE checkpoint and a tiny MVTec-layout folder."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+import yaml
+
+from edge_inspector import cli
+from edge_inspector.bundle.store import load_bundle
+from edge_inspector.model.haloae import build_model
+from edge_inspector.model.presets import load_preset
+from edge_inspector.training.trainer import save_checkpoint
+from tests.fixtures.synthetic_dataset import write_synthetic_category
+
+OVERRIDES = ["model.width=64", "model.height=64", "model.layers=[stage2]", "model.widths=[32,32,16]",
+             "model.heads=[2,2]", "model.kernels=[3,3]", "train.holdout_fraction=0.35"]
+
+
+@pytest.mark.slow
+def test_calibrate_writes_a_qdq_bundle_and_plan_files(tmp_path, capsys):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    data = write_synthetic_category(tmp_path / "tiles", n_train=14, n_test_good=1, n_test_defect=1)
+    preset = load_preset("haloae-lite", OVERRIDES)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", build_model(preset.model, pretrained=False), preset)
+    out, plans = tmp_path / "hqs", tmp_path / "calibration"
+    rc = cli.main(["calibrate", "--model", str(checkpoint), "--data", str(data), "--out", str(out),
+                   "--budget-bits", "6", "--qat-steps", "2", "--probe-images", "2", "--calibration-images", "4",
+                   "--hessian-samples", "1", "--threads", "1", "--no-progress", "--plan-dir", str(plans)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    bundle = load_bundle(out)
+    quant = bundle.manifest.quantization
+    assert quant.precision == "qdq" and quant.table == "calibration/tiles-haloae-lite-hqs.yaml"
+    assert set(quant.bit_plan.values()) <= {"w4a8", "w8a8", "keep"} and len(quant.bit_plan) == 25
+    assert quant.keep_fp32_nodes and quant.weight_bytes > 0
+    graph = onnx.load(str(bundle.onnx_path))
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("QuantizeLinear") >= 2 * 20 and ops.count("Softmax") == len(quant.keep_fp32_nodes)
+    for folder in (out / "calibration", plans):
+        doc = yaml.safe_load((folder / "tiles-haloae-lite-hqs.yaml").read_text())
+        assert doc["bit_plan"] == quant.bit_plan
+        assert doc["summary"]["average_weight_bits"] <= 6.0 or doc["summary"]["repair_steps"]
+        assert "| bits | KiB |" in (folder / "tiles-haloae-lite-hqs.md").read_text()
+    assert "speed_ratio" in printed and "model.to_features" in printed
+
+
+def test_calibrate_refuses_a_missing_model(tmp_path, capsys):
+    rc = cli.main(["calibrate", "--model", str(tmp_path / "nope.pt"), "--data", str(tmp_path), "--out",
+                   str(tmp_path / "o")])
+    assert rc == 2 and "no such checkpoint" in capsys.readouterr().err
+    (tmp_path / "bundle").mkdir()
+    rc = cli.main(["calibrate", "--model", str(tmp_path / "bundle"), "--data", str(tmp_path), "--out",
+                   str(tmp_path / "o")])
+    assert rc == 2 and "without a training checkpoint" in capsys.readouterr().err
