@@ -3,14 +3,14 @@
 Against a real Mosquitto started on a free local port, with a subscriber on the result topic:
 
 * ``publish_p50_ms`` / ``publish_p99_ms``: the ``publish(result)`` call the loop pays per part (message build +
-  durable spool write, ``synchronous=FULL``);
+  durable spool write, ``mqtt.spool_sync`` full by default);
 * ``delivery_p50_ms`` / ``delivery_p99_ms``: from ``publish()`` to the subscriber receiving it, at a steady rate;
 * ``sustained_msgs_per_s``: results published back to back, until the subscriber has them all;
 * ``reconnect_s`` and ``replay_msgs_per_s``: how long the publisher takes to notice the broker is back, and how fast
   it then sends the results spooled while the broker was down.
 
     .venv/bin/python benchmarks/bench_publish.py                 # 2000 results, local Mosquitto
-    .venv/bin/python benchmarks/bench_publish.py --count 500 --mask
+    .venv/bin/python benchmarks/bench_publish.py --count 500 --mask --sync normal
 
 Writes benchmarks/results/publish_<stamp>.json (command, date, machine, figures).
 """
@@ -83,6 +83,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=2000, help="results per phase")
     parser.add_argument("--rate", type=float, default=200.0, help="results per second in the delivery phase")
     parser.add_argument("--mask", action="store_true", help="attach the defect mask (base64 PNG) to FAIL results")
+    parser.add_argument("--sync", choices=["full", "normal"], default="full", help="mqtt.spool_sync")
     args = parser.parse_args()
 
     binary = find_mosquitto()
@@ -102,7 +103,8 @@ def main() -> int:
         on_message(client, userdata, message)
 
     subscriber.client.on_message = timed
-    settings = MqttSettings(url=broker.url, topic_prefix="bench", spool_dir=str(work / "spool"), include_mask=args.mask)
+    settings = MqttSettings(url=broker.url, topic_prefix="bench", spool_dir=str(work / "spool"), include_mask=args.mask,
+                            spool_sync=args.sync)
     publisher = ResultPublisher(settings, STATION, model_id="bench")
     publisher.start()
     wait_until(lambda: publisher.connected, 10)
@@ -156,7 +158,7 @@ def main() -> int:
         "machine": machine(),
         "broker": "mosquitto (local, started by the benchmark)",
         "count": args.count, "rate_per_s": args.rate, "mask": args.mask,
-        "spool": "SQLite WAL, synchronous=FULL, tmp folder",
+        "spool": f"SQLite WAL, synchronous={args.sync.upper()}, tmp folder",
         **figures,
     }
     out = HERE / "results" / f"publish_{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"

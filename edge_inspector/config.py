@@ -104,6 +104,10 @@ class MqttSettings(StrictModel):
     tls: TlsSettings | None = None
     spool_dir: str = "var/spool"
     spool_max_mb: float = Field(256.0, gt=0)
+    spool_sync: Literal["full", "normal"] = "full"
+    """full: each result is on disk before publish() returns, even across a power cut (one fsync per result).
+    normal: survives a crash or kill of edge-inspector, but a power cut can lose the latest results; far faster
+    on slow flash storage."""
     include_mask: bool = False
     """Attach the defect mask as base64 PNG to FAIL results (bigger messages)."""
 

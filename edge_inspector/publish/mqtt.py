@@ -108,7 +108,8 @@ class ResultPublisher:
         self._heartbeat_extra = heartbeat_extra
         self._status: dict[str, Any] = {"station": station, "model_id": model_id, "version": __version__}
         self.address = parse_broker_url(settings.url)
-        self._spool = Spool(spool_path(settings.spool_dir, station), int(settings.spool_max_mb * 1024 * 1024))
+        self._spool = Spool(spool_path(settings.spool_dir, station), int(settings.spool_max_mb * 1024 * 1024),
+                            sync=settings.spool_sync)
 
         self._connected = threading.Event()
         self._stopping = threading.Event()

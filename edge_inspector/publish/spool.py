@@ -7,7 +7,8 @@ numbers keep rising across restarts.
 
 The size bound (payload bytes) drops the oldest PASS results first. FAIL and UNKNOWN results are never dropped:
 past the bound they are kept and a warning says so (a reject that never reaches the PLC is worse than a full disk).
-Commits use ``synchronous=FULL`` in WAL mode, so an acknowledged write survives a power cut, not just a crash.
+Commits use WAL mode with ``synchronous=FULL`` by default (``mqtt.spool_sync``), so a stored result survives a power
+cut, not just a crash; ``normal`` trades that for speed on slow flash and still survives a kill of the process.
 """
 
 from __future__ import annotations
@@ -65,9 +66,13 @@ class Spool:
     Args:
         path: The SQLite file (its folder is created).
         max_bytes: Bound on the total payload bytes kept; only PASS entries are dropped to honour it.
+        sync: "full" (every commit reaches the disk: survives a power cut) or "normal" (survives a crash or kill
+            of the process; a power cut can lose the latest commits).
     """
 
-    def __init__(self, path: str | Path, max_bytes: int):
+    def __init__(self, path: str | Path, max_bytes: int, sync: str = "full"):
+        if sync not in ("full", "normal"):
+            raise ValueError(f"sync must be 'full' or 'normal', got {sync!r}")
         self.path = Path(path)
         self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
@@ -80,7 +85,7 @@ class Spool:
             # check_same_thread=False: the loop appends and the publisher thread deletes; _lock serialises them.
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA synchronous={sync.upper()}")
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM entries").fetchone()
         except (sqlite3.Error, OSError) as exc:

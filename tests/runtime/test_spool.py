@@ -119,3 +119,14 @@ def test_one_process_per_spool_and_one_spool_per_station(tmp_path):
     first.close()
     Spool(spool_path(tmp_path, "line 1/a"), max_bytes=100).close()  # free again once closed
     other.close()
+
+
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_sync_modes_are_applied(tmp_path, sync):
+    spool = Spool(tmp_path / "s.sqlite", max_bytes=100, sync=sync)
+    assert spool.append("FAIL", payload_of(5)) == 1
+    level = spool._db.execute("PRAGMA synchronous").fetchone()[0]
+    assert level == {"full": 2, "normal": 1}[sync]
+    spool.close()
+    with pytest.raises(ValueError, match="'full' or 'normal'"):
+        Spool(tmp_path / "t.sqlite", max_bytes=100, sync="off")
