@@ -92,20 +92,31 @@ class Prober:
         self.labels = probe.labels()
         self.masks = probe.all_masks()[:, ::stride, ::stride]
         self.attention = {u.name: scorer.get_submodule(u.name) for u in units if u.kind == "attention"}
+        self._backbone_prefix = "model.backbone."
+        self._feature_cache: dict[int, torch.Tensor] = {}
         self.reference = self.run({})
 
     @torch.no_grad()
     def run(self, plan: dict[str, str]) -> ProbeResult:
-        """Maps, scores and attention entropies with ``plan`` applied (units not in it stay FP32)."""
+        """Maps, scores and attention entropies with ``plan`` applied (units not in it stay FP32).
+
+        When every quantized unit lies after the frozen backbone, the backbone's FP32 features are computed once
+        and reused (the backbone is most of a probe pass's cost).
+        """
         apply_plan(self.scorer, self.units, plan)
         set_mode(self.scorer, "quant")
         entropies: dict[str, list[float]] = {name: [] for name in self.attention}
         hooks = [m.register_forward_hook(self._entropy_hook(entropies[name])) for name, m in self.attention.items()
                  if hasattr(m, "weights")]
+        reuse = self._can_reuse_features(plan)
         maps, scores = [], []
         try:
-            for start in range(0, len(self.images), self.batch_size):
-                anomaly_map, score = self.scorer(self.images[start : start + self.batch_size])
+            for i, start in enumerate(range(0, len(self.images), self.batch_size)):
+                batch = self.images[start : start + self.batch_size]
+                if reuse:
+                    anomaly_map, score = self._from_features(self._features(i, batch))
+                else:
+                    anomaly_map, score = self.scorer(batch)
                 maps.append(anomaly_map[:, 0, :: self.stride, :: self.stride].numpy())
                 scores.append(score.numpy())
         finally:
@@ -113,6 +124,31 @@ class Prober:
                 hook.remove()
         entropy = {name: float(np.mean(v)) for name, v in entropies.items() if v}
         return ProbeResult(np.concatenate(maps), np.concatenate(scores), entropy)
+
+    def _can_reuse_features(self, plan: dict[str, str]) -> bool:
+        model = getattr(self.scorer, "model", None)
+        if not all(hasattr(model, a) for a in ("features", "reconstruct", "normalize")):
+            return False
+        return not any(p != "keep" and name.startswith(self._backbone_prefix) for name, p in plan.items())
+
+    def _features(self, index: int, batch: torch.Tensor) -> torch.Tensor:
+        """FP32 backbone features of probe batch ``index`` (computed on first use, with every unit FP32)."""
+        if index not in self._feature_cache:
+            model = self.scorer.model
+            saved = {n: m.precision for n, m in quant_modules(self.scorer).items()}
+            for name, module in quant_modules(self.scorer).items():
+                if name.startswith(self._backbone_prefix):
+                    module.precision = "keep"
+            self._feature_cache[index] = model.features(model.normalize(batch))
+            for name, module in quant_modules(self.scorer).items():
+                module.precision = saved[name]
+        return self._feature_cache[index]
+
+    def _from_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scorer's outputs from given backbone features (same ops as ``scorer(images)`` after the backbone)."""
+        error = (features - self.scorer.model.reconstruct(features)).square().mean(dim=1, keepdim=True)
+        anomaly_map = self.scorer.refine(error)
+        return anomaly_map, self.scorer.score(anomaly_map)
 
     @staticmethod
     def _entropy_hook(sink: list[float]):

@@ -9,7 +9,13 @@ import torch
 from edge_inspector.model.haloae import build_model
 from edge_inspector.model.presets import load_preset
 from edge_inspector.quantization.defects import KINDS, make_probe_set, synthetic_defects
-from edge_inspector.quantization.sensitivity import UnitSignals, combine, hutchinson_traces, measure_signals
+from edge_inspector.quantization.sensitivity import (
+    Prober,
+    UnitSignals,
+    combine,
+    hutchinson_traces,
+    measure_signals,
+)
 from edge_inspector.quantization.units import discover_units, fold_batchnorm, set_mode, wrap_units
 from edge_inspector.training.scoring import AnomalyScorer, fit_normal_statistics
 
@@ -82,7 +88,14 @@ def test_signals_on_a_tiny_haloae():
         f = model.features(x)
         return (model.reconstruct(f) - f).square().mean()
 
-    signals = measure_signals(scorer, units, probe, loss, hessian_samples=2, progress=False)
+    prober = Prober(scorer, units, probe)
+    attention = next(u for u in units if u.kind == "attention")
+    fast = prober.run({attention.name: "w4a8"})  # reuses cached FP32 backbone features
+    with torch.no_grad():
+        full_map, full_score = scorer(torch.from_numpy(probe.images()))  # same plan, whole forward
+    np.testing.assert_allclose(fast.maps, full_map[:, 0, ::4, ::4].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast.scores, full_score.numpy(), rtol=1e-5)
+    signals = measure_signals(scorer, units, probe, loss, hessian_samples=2, progress=False, prober=prober)
     by_name = {s.name: s for s in signals}
     assert [s.name for s in signals] == [u.name for u in units]
     for unit in units:
