@@ -8,17 +8,23 @@ Layout, one folder per UTC day, one group of files per result sharing a stem::
 
 The JSON is written last (atomically), so a group without one is an interrupted write and is cleaned up on the
 next start. Past ``max_mb`` the oldest PASS groups are deleted first, then the oldest FAIL/UNKNOWN groups.
+Image encoding happens on a writer thread, so ``add`` costs the caller little; ``close()`` writes what is queued.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import queue
 import re
+import threading
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 from edge_inspector.config import ArchiveSettings
 from edge_inspector.log import kv
@@ -32,6 +38,10 @@ _SUFFIXES = (".json", "_frame.png", "_overlay.jpg")
 JPEG_QUALITY = 90
 
 
+QUEUE_SIZE = 16
+"""Groups waiting for the writer thread (each holds a copy of its frame and overlay)."""
+
+
 @dataclass
 class _Group:
     folder: Path
@@ -40,6 +50,15 @@ class _Group:
 
     def paths(self) -> list[Path]:
         return [self.folder / f"{self.stem}{suffix}" for suffix in _SUFFIXES]
+
+
+@dataclass
+class _Job:
+    group: _Group
+    is_pass: bool
+    message: bytes
+    frame: np.ndarray | None
+    overlay: np.ndarray | None
 
 
 def _safe(text: str) -> str:
@@ -68,9 +87,16 @@ class Archive:
         """Groups deleted to honour the cap since start."""
         self.errors = 0
         """Writes that failed (logged; the line goes on)."""
+        self.skipped_busy = 0
+        """Sampled PASS frames skipped because the writer was behind."""
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(QUEUE_SIZE)
+        self._worker: threading.Thread | None = None
         if settings.enabled:
             self.root.mkdir(parents=True, exist_ok=True)
             self._scan()
+            self._worker = threading.Thread(target=self._work, name="archive-writer", daemon=True)
+            self._worker.start()
+            atexit.register(self.close)  # runs before daemon threads stop: queued groups still get written
 
     @property
     def size_bytes(self) -> int:
@@ -83,10 +109,14 @@ class Archive:
         return {"pass": len(self._pass), "fail": len(self._fail)}
 
     def add(self, result: InspectionResult) -> Path | None:
-        """Archive ``result`` if its verdict (or the PASS sample) says so.
+        """Archive ``result`` if its verdict (or the PASS sample) says so; the files are written by a worker thread.
+
+        Encoding a full-resolution frame takes tens to hundreds of milliseconds, so the caller only pays for the
+        JSON and a copy of the images. When the worker is behind, a sampled PASS is skipped (``skipped_busy``) and a
+        FAIL/UNKNOWN waits for room: a reject is never left out of the archive to save time.
 
         Returns:
-            The JSON path written, or None when the result was not kept (sampled out, archive off, write failed).
+            The JSON path the group will have, or None when the result is not kept (sampled out, archive off, busy).
         """
         if not self.settings.enabled or not self._keep(Verdict(result.verdict)):
             return None
@@ -94,30 +124,70 @@ class Archive:
         decided = datetime.fromtimestamp(result.decided_at, tz=timezone.utc)
         folder = self.root / decided.strftime("%Y-%m-%d")
         stem = f"{decided.strftime('%H%M%S%f')}_{result.sequence:08d}_{verdict}_{_safe(result.part_id)}"
-        group = _Group(folder, stem, 0)
+        # Copies: a capture source may reuse its frame buffers once the loop has moved on.
+        job = _Job(_Group(folder, stem, 0), verdict == Verdict.PASS.value,
+                   build_message(result, self.station, include_mask=True).to_json(),
+                   None if result.frame is None else result.frame.copy(),
+                   None if result.overlay is None else result.overlay.copy())
+        if job.is_pass:
+            try:
+                self._jobs.put_nowait(job)
+            except queue.Full:
+                self.skipped_busy += 1
+                return None
+        else:
+            self._jobs.put(job)
+        return folder / f"{stem}.json"
+
+    def flush(self) -> None:
+        """Wait until every group handed to ``add`` is written (or has failed)."""
+        self._jobs.join()
+
+    def close(self) -> None:
+        """Write what is queued and stop the worker. Called at interpreter exit too."""
+        if self._worker is not None and self._worker.is_alive():
+            self._jobs.put(None)
+            self._worker.join()
+        self._worker = None
+
+    # ------------------------------------------------------------------ internals
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                self._write(job)
+            except Exception:  # a bad frame must not stop the writer: later rejects would wait on it forever
+                self.errors += 1
+                log.exception("archive write failed; the result is still published")
+                self._delete(job.group)
+            finally:
+                self._jobs.task_done()
+
+    def _write(self, job: _Job) -> None:
+        group = job.group
+        folder, stem = group.folder, group.stem
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            if result.frame is not None:
-                self._write_image(folder / f"{stem}_frame.png", result.frame)
-            if result.overlay is not None:
-                self._write_image(folder / f"{stem}_overlay.jpg", result.overlay)
-            message = build_message(result, self.station, include_mask=True).to_json()
+            if job.frame is not None:
+                self._write_image(folder / f"{stem}_frame.png", job.frame)
+            if job.overlay is not None:
+                self._write_image(folder / f"{stem}_overlay.jpg", job.overlay)
             tmp = folder / f".{stem}.json.tmp"
-            tmp.write_bytes(message)
-            os.replace(tmp, folder / f"{stem}.json")
-        except (OSError, ValueError) as exc:
+            tmp.write_bytes(job.message)
+            os.replace(tmp, folder / f"{stem}.json")  # last and atomic: a group with its JSON is complete
+        except OSError as exc:
             self.errors += 1
             log.error("archive write failed; the result is still published",
                       extra=kv(path=str(folder / stem), error=str(exc)))
             self._delete(group)
-            return None
+            return
         group.size = sum(p.stat().st_size for p in group.paths() if p.exists())
-        (self._pass if verdict == Verdict.PASS.value else self._fail).append(group)
+        (self._pass if job.is_pass else self._fail).append(group)
         self._bytes += group.size
         self._enforce_cap()
-        return folder / f"{stem}.json"
 
-    # ------------------------------------------------------------------ internals
     def _keep(self, verdict: Verdict) -> bool:
         if verdict != Verdict.PASS:
             return True

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import cv2
 import numpy as np
 
 from edge_inspector.config import ArchiveSettings
 from edge_inspector.pipeline.results import Verdict
-from edge_inspector.publish.archive import Archive
+from edge_inspector.publish.archive import QUEUE_SIZE, Archive
 from edge_inspector.publish.schema import ResultMessage
 from tests.fixtures.inspection_results import make_result
 
@@ -29,6 +30,7 @@ def test_fail_frames_are_stored_with_original_overlay_and_json(tmp_path):
     archive = Archive(ArchiveSettings(dir=str(tmp_path / "a"), pass_sample_rate=0.0), station="s1")
     result = archived(0, Verdict.FAIL)
     json_path = archive.add(result)
+    archive.flush()
     assert json_path is not None and json_path.is_file()
     doc = json.loads(json_path.read_text())
     ResultMessage.model_validate(doc)
@@ -43,11 +45,14 @@ def test_fail_frames_are_stored_with_original_overlay_and_json(tmp_path):
     # UNKNOWN (fail-safe) is a reject too: always archived.
     assert archive.add(archived(1, Verdict.UNKNOWN)) is not None
     assert archive.add(archived(2, Verdict.PASS)) is None
+    archive.close()
+    assert archive.counts() == {"pass": 0, "fail": 2}
 
 
 def test_pass_frames_are_sampled_at_the_configured_rate(tmp_path):
     archive = Archive(ArchiveSettings(dir=str(tmp_path / "a"), pass_sample_rate=0.25))
     kept = [archive.add(archived(i, Verdict.PASS)) is not None for i in range(40)]
+    archive.flush()
     assert sum(kept) == 10
     assert archive.counts() == {"pass": 10, "fail": 0}
 
@@ -56,6 +61,7 @@ def test_cap_deletes_oldest_pass_first_then_oldest_fail(tmp_path):
     folder = tmp_path / "a"
     probe = Archive(ArchiveSettings(dir=str(tmp_path / "probe"), pass_sample_rate=1.0))
     probe.add(archived(0, Verdict.FAIL))
+    probe.close()
     group_bytes = probe.size_bytes
     # Room for about six groups.
     archive = Archive(ArchiveSettings(dir=str(folder), pass_sample_rate=1.0, max_mb=6.5 * group_bytes / 2**20))
@@ -63,6 +69,7 @@ def test_cap_deletes_oldest_pass_first_then_oldest_fail(tmp_path):
                 Verdict.FAIL]
     for i, verdict in enumerate(verdicts):
         archive.add(archived(i, verdict))
+    archive.flush()
     kept = stems(folder)
     assert archive.size_bytes <= archive.max_bytes
     # The two oldest PASS (indices 0 and 2) went; every FAIL is still there.
@@ -71,6 +78,7 @@ def test_cap_deletes_oldest_pass_first_then_oldest_fail(tmp_path):
     # Only FAILs arriving: the PASS go first, then the oldest FAIL.
     for i in range(8, 14):
         archive.add(archived(i, Verdict.FAIL))
+    archive.close()
     kept = stems(folder)
     assert all("_FAIL_" in s for s in kept)
     assert [int(s.split("_")[1]) for s in kept] == list(range(9, 15))
@@ -85,6 +93,7 @@ def test_restart_indexes_old_groups_and_removes_interrupted_ones(tmp_path):
     first = Archive(settings)
     for i in range(4):
         first.add(archived(i, Verdict.FAIL if i % 2 else Verdict.PASS))
+    first.close()
     day = next(p for p in folder.iterdir() if p.is_dir())
     # A write cut short by a crash: images without their JSON, and a temp file.
     orphan = "235959000000_00000099_FAIL_part-x"
@@ -103,3 +112,44 @@ def test_disabled_archive_writes_nothing(tmp_path):
     archive = Archive(ArchiveSettings(enabled=False, dir=str(tmp_path / "a")))
     assert archive.add(archived(0, Verdict.FAIL)) is None
     assert not (tmp_path / "a").exists()
+
+
+def test_slow_writer_skips_sampled_pass_but_never_a_fail(tmp_path):
+    archive = Archive(ArchiveSettings(dir=str(tmp_path / "a"), pass_sample_rate=1.0))
+    gate = threading.Event()
+    real_write = archive._write_image
+
+    def slow_disk(path, image):  # the real write, once the "disk" lets it through
+        gate.wait()
+        real_write(path, image)
+
+    archive._write_image = slow_disk
+    kept = [archive.add(archived(i, Verdict.PASS)) for i in range(QUEUE_SIZE + 5)]
+    assert archive.skipped_busy >= 4 and kept.count(None) == archive.skipped_busy
+    failed = []
+    writer = threading.Thread(target=lambda: failed.append(archive.add(archived(99, Verdict.FAIL))))
+    writer.start()
+    writer.join(0.3)
+    assert writer.is_alive()  # the FAIL waits for room instead of being skipped
+    gate.set()
+    writer.join(30)
+    archive.close()
+    assert failed[0] is not None and failed[0].is_file()
+    assert archive.counts()["fail"] == 1
+
+
+def test_writer_survives_a_bad_frame_and_archives_copies(tmp_path):
+    archive = Archive(ArchiveSettings(dir=str(tmp_path / "a"), pass_sample_rate=0.0))
+    bad = archived(0, Verdict.FAIL)
+    bad.frame = np.zeros((4, 4, 7), np.uint8)  # 7 channels: no image format takes that
+    assert archive.add(bad) is not None
+    good = archived(1, Verdict.FAIL)
+    original = good.frame.copy()
+    path = archive.add(good)
+    good.frame[:] = 0  # the capture source reuses its buffer
+    archive.close()
+    assert archive.errors == 1 and archive.counts() == {"pass": 0, "fail": 1}
+    stem = path.name[: -len(".json")]
+    np.testing.assert_array_equal(cv2.imread(str(path.with_name(f"{stem}_frame.png"))), original)
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(
+        [f"{stem}.json", f"{stem}_frame.png", f"{stem}_overlay.jpg"])  # nothing left of the bad group
