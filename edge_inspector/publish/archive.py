@@ -20,11 +20,9 @@ import queue
 import re
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-
-import numpy as np
 
 from edge_inspector.config import ArchiveSettings
 from edge_inspector.log import kv
@@ -56,9 +54,7 @@ class _Group:
 class _Job:
     group: _Group
     is_pass: bool
-    message: bytes
-    frame: np.ndarray | None
-    overlay: np.ndarray | None
+    result: InspectionResult
 
 
 def _safe(text: str) -> str:
@@ -111,8 +107,8 @@ class Archive:
     def add(self, result: InspectionResult) -> Path | None:
         """Archive ``result`` if its verdict (or the PASS sample) says so; the files are written by a worker thread.
 
-        Encoding a full-resolution frame takes tens to hundreds of milliseconds, so the caller only pays for the
-        JSON and a copy of the images. When the worker is behind, a sampled PASS is skipped (``skipped_busy``) and a
+        Encoding a full-resolution frame takes tens to hundreds of milliseconds, so the caller only pays for a
+        copy of the images. When the worker is behind, a sampled PASS is skipped (``skipped_busy``) and a
         FAIL/UNKNOWN waits for room: a reject is never left out of the archive to save time.
 
         Returns:
@@ -124,11 +120,11 @@ class Archive:
         decided = datetime.fromtimestamp(result.decided_at, tz=timezone.utc)
         folder = self.root / decided.strftime("%Y-%m-%d")
         stem = f"{decided.strftime('%H%M%S%f')}_{result.sequence:08d}_{verdict}_{_safe(result.part_id)}"
-        # Copies: a capture source may reuse its frame buffers once the loop has moved on.
-        job = _Job(_Group(folder, stem, 0), verdict == Verdict.PASS.value,
-                   build_message(result, self.station, include_mask=True).to_json(),
-                   None if result.frame is None else result.frame.copy(),
-                   None if result.overlay is None else result.overlay.copy())
+        # A snapshot with copied arrays: a capture source may reuse its buffers once the loop has moved on.
+        snapshot = replace(result, latency_ms=dict(result.latency_ms), regions=list(result.regions),
+                           **{name: None if getattr(result, name) is None else getattr(result, name).copy()
+                              for name in ("frame", "overlay", "mask")})
+        job = _Job(_Group(folder, stem, 0), verdict == Verdict.PASS.value, snapshot)
         if job.is_pass:
             try:
                 self._jobs.put_nowait(job)
@@ -170,12 +166,14 @@ class Archive:
         folder, stem = group.folder, group.stem
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            if job.frame is not None:
-                self._write_image(folder / f"{stem}_frame.png", job.frame)
-            if job.overlay is not None:
-                self._write_image(folder / f"{stem}_overlay.jpg", job.overlay)
+            result = job.result
+            if result.frame is not None:
+                self._write_image(folder / f"{stem}_frame.png", result.frame)
+            if result.overlay is not None:
+                self._write_image(folder / f"{stem}_overlay.jpg", result.overlay)
+            message = build_message(result, self.station, include_mask=True).to_json()
             tmp = folder / f".{stem}.json.tmp"
-            tmp.write_bytes(job.message)
+            tmp.write_bytes(message)
             os.replace(tmp, folder / f"{stem}.json")  # last and atomic: a group with its JSON is complete
         except OSError as exc:
             self.errors += 1
