@@ -116,6 +116,8 @@ class Archive:
         """
         if not self.settings.enabled or not self._keep(Verdict(result.verdict)):
             return None
+        if self._worker is None:
+            raise RuntimeError("Archive.add() after close()")
         verdict = Verdict(result.verdict).value
         decided = datetime.fromtimestamp(result.decided_at, tz=timezone.utc)
         folder = self.root / decided.strftime("%Y-%m-%d")

@@ -7,6 +7,7 @@ import threading
 
 import cv2
 import numpy as np
+import pytest
 
 from edge_inspector.config import ArchiveSettings
 from edge_inspector.pipeline.results import Verdict
@@ -47,6 +48,8 @@ def test_fail_frames_are_stored_with_original_overlay_and_json(tmp_path):
     assert archive.add(archived(2, Verdict.PASS)) is None
     archive.close()
     assert archive.counts() == {"pass": 0, "fail": 2}
+    with pytest.raises(RuntimeError, match="after close"):
+        archive.add(archived(3, Verdict.FAIL))
 
 
 def test_pass_frames_are_sampled_at_the_configured_rate(tmp_path):
