@@ -8,6 +8,9 @@ against ONNX Runtime and time both engines (p50/p99, one image per call, host co
     .venv/bin/python benchmarks/bench_trt.py --model path/to/bundle
     .venv/bin/python benchmarks/bench_trt.py            # no bundle: exports an *untrained* haloae-lite (real Lite0
                                                         # weights) on magnetic_tile good images (needs torch)
+    .venv/bin/python benchmarks/bench_trt.py --qdq      # the same, quantized uniformly W8A8 (HQS export, opset 21);
+                                                        # needs OrtEngine to load QDQ graphs with the session config
+                                                        # their metadata names (edge_inspector.ort_session_config)
 
 Writes benchmarks/results/trt_<model_id>_<stamp>.json (command, date, machine, preparation report, fp16 parity,
 and, on a GPU, build timings, plan parity and latencies).
@@ -31,32 +34,60 @@ WORK = HERE / "work"
 DATASET = Path("/work/shared/datasets/magnetic_tile")
 
 
-def untrained_lite_bundle(out: Path, n_images: int):
-    """haloae-lite with its real ImageNet backbone and an untrained auto-encoder, exported on real tile images."""
+def untrained_lite_bundle(out: Path, n_images: int, qdq: bool):
+    """haloae-lite with its real ImageNet backbone and an untrained auto-encoder, exported on real tile images;
+    with ``qdq`` every auto-encoder conv is quantized W8A8 (calibrated on the same images) before export."""
     import cv2
     import numpy as np
+    import onnx
     import torch
 
+    from edge_inspector.bundle.manifest import QuantizationSpec
+    from edge_inspector.bundle.store import load_bundle, write_bundle
     from edge_inspector.export.onnx_export import ThresholdPolicy, export_bundle, thresholds_from_normal
+    from edge_inspector.export.qdq import conv_quant_from_module, insert_qdq
     from edge_inspector.model.haloae import build_model
     from edge_inspector.model.presets import load_preset
     from edge_inspector.preprocess import to_model_input
+    from edge_inspector.quantization import units as qu
     from edge_inspector.training.scoring import fit_normal_statistics, make_scorer
 
     torch.manual_seed(0)
     preset = load_preset("haloae-lite")
-    scorer = make_scorer(build_model(preset.model).eval(), preset)
+    scorer = make_scorer(build_model(preset.model).eval(), preset).eval()
     files = sorted((DATASET / "train" / "good").glob("*"))[:n_images]
     images = np.stack([to_model_input(cv2.imread(str(f)), preset.model.width, preset.model.height)[0] for f in files])
+    if qdq:
+        units = qu.discover_units(scorer, skip=("model.backbone", "model.image_head"))
+        qu.fold_batchnorm(scorer, torch.from_numpy(images[:1]))
+        qu.wrap_units(scorer, units)
+        qu.set_mode(scorer, "calibrate")
+        with torch.no_grad():
+            scorer(torch.from_numpy(images))
+        qu.set_mode(scorer, "float")
     stats = fit_normal_statistics(scorer, images)
     thresholds = thresholds_from_normal(stats, ThresholdPolicy(0.01, 0.001))
-    return export_bundle(scorer, out, "magnetic_tile-haloae-lite-untrained", "stretch", stats, thresholds, None, images)
+    name = f"magnetic_tile-haloae-lite-untrained{'-w8a8' if qdq else ''}"
+    bundle = export_bundle(scorer, out, name, "stretch", stats, thresholds, None, images)
+    if not qdq:
+        return bundle
+    qu.set_mode(scorer, "quant")
+    qu.apply_plan(scorer, units, {u.name: "w8a8" for u in units})
+    convs = {n: conv_quant_from_module(m) for n, m in qu.quant_modules(scorer).items()}
+    qdq_path = out / "model.qdq.onnx"
+    onnx.save(insert_qdq(onnx.load(str(bundle.onnx_path)), convs), qdq_path)
+    manifest = bundle.manifest.model_copy(deep=True)
+    manifest.quantization = QuantizationSpec(precision="qdq", bit_plan={u.name: "w8a8" for u in units})
+    written = write_bundle(out, qdq_path, manifest, images)
+    qdq_path.unlink()
+    return load_bundle(written.path)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="bundle folder (default: export an untrained haloae-lite)")
     parser.add_argument("--images", type=int, default=8, help="calibration images for the exported bundle")
+    parser.add_argument("--qdq", action="store_true", help="quantize the exported model W8A8 (no --model)")
     parser.add_argument("--latency-runs", type=int, default=200)
     args = parser.parse_args()
 
@@ -68,7 +99,7 @@ def main() -> int:
 
     WORK.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(args.model) if args.model else untrained_lite_bundle(
-        Path(tempfile.mkdtemp(dir=WORK, prefix="trt-bundle-")), args.images
+        Path(tempfile.mkdtemp(dir=WORK, prefix="trt-bundle-")), args.images, args.qdq
     )
     device = probe_device()
     result: dict = {
