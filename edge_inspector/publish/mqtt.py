@@ -229,12 +229,17 @@ class ResultPublisher:
     def _run(self) -> None:
         next_heartbeat = time.monotonic()
         while not self._stopping.is_set():
-            self._drain_acks()
-            if self._connected.is_set():
-                self._send_spooled()
-                if time.monotonic() >= next_heartbeat:
-                    self._send_heartbeat()
-                    next_heartbeat = time.monotonic() + self.settings.heartbeat_s
+            try:
+                self._drain_acks()
+                if self._connected.is_set():
+                    self._send_spooled()
+                    if time.monotonic() >= next_heartbeat:
+                        self._send_heartbeat()
+                        next_heartbeat = time.monotonic() + self.settings.heartbeat_s
+            except Exception as exc:  # e.g. a disk I/O error: this thread must outlive it, the line runs 24/7
+                self._last_error = f"publisher: {exc}"
+                log.exception("MQTT publisher thread error; retrying in 1 s")
+                self._stopping.wait(1.0)
             # Disconnected, no heartbeat is due: sleep until woken (new result, ack, connection) or 0.5 s pass.
             due = next_heartbeat - time.monotonic() if self._connected.is_set() else 0.5
             self._wake.wait(min(0.5, max(0.0, due)))

@@ -6,7 +6,7 @@ replayed oldest-first on the next start. The spool also owns the per-station seq
 numbers keep rising across restarts.
 
 The size bound (payload bytes) drops the oldest PASS results first. FAIL and UNKNOWN results are never dropped:
-past the bound they are kept and a warning says so (a reject that never reaches the PLC is worse than a full disk).
+past the bound they are kept and an error is logged (a reject that never reaches the PLC is worse than a full disk).
 Commits use WAL mode with ``synchronous=FULL`` by default (``mqtt.spool_sync``), so a stored result survives a power
 cut, not just a crash; ``normal`` trades that for speed on slow flash and still survives a kill of the process.
 """

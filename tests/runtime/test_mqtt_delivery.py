@@ -212,3 +212,26 @@ def test_waiting_for_an_absent_broker_does_not_spin(tmp_path):
     used = time.process_time() - before
     publisher.stop()
     assert used < 0.3, f"publisher threads used {used:.2f} s of CPU in 1 s of waiting"
+
+
+def test_publisher_thread_outlives_a_disk_error(mosquitto, tmp_path):
+    subscriber = Subscriber(mosquitto, [TOPICS.result])
+    publisher = ResultPublisher(MqttSettings(url=mosquitto.url, topic_prefix="test",
+                                             spool_dir=str(tmp_path / "spool")), STATION)
+    real_peek = publisher._spool.peek
+    failures = []
+
+    def peek_failing_once(*args, **kwargs):  # the disk hiccups once, as flash storage does
+        if not failures:
+            failures.append(1)
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_peek(*args, **kwargs)
+
+    publisher._spool.peek = peek_failing_once
+    for i in range(3):
+        publisher.publish(make_result(i, Verdict.FAIL))
+    publisher.start()
+    assert subscriber.wait_for(has_results(3), timeout=30)
+    assert failures and publisher.health.last_error == "publisher: disk I/O error"
+    publisher.stop()
+    subscriber.close()
