@@ -1,8 +1,7 @@
 """Pinned host + device memory per named tensor, copied asynchronously on one CUDA stream (pycuda's only owner).
 
 Uses the device's *primary* context (the one TensorRT's CUDA runtime uses) and pushes it around each call, so the
-engine can be created on one thread and run on another.
-"""
+engine can be created on one thread and run on another."""
 
 from __future__ import annotations
 
@@ -40,10 +39,11 @@ def gpu_info(index: int = 0) -> tuple[str, str] | None:
 
 
 class CudaBuffers:
-    """Per tensor (``tensors``: name -> (shape, numpy dtype)) a pinned host array ``host[name]`` to fill or read,
-    and a device allocation at ``address(name)``, on CUDA device ``device``."""
+    """The context and stream of CUDA device ``device``; after ``allocate``, per tensor a pinned host array
+    ``host[name]`` to fill or read and a device allocation at ``address(name)``. Copies and kernels go on
+    ``stream`` (``stream.handle`` for TensorRT; ``stream.synchronize()`` waits for them)."""
 
-    def __init__(self, tensors: dict[str, tuple[tuple[int, ...], np.dtype]], device: int = 0):
+    def __init__(self, device: int = 0):
         self._cuda = cuda = _driver()
         try:
             cuda.init()
@@ -54,9 +54,13 @@ class CudaBuffers:
         self._device: dict[str, object] = {}
         with self.active():
             self.stream = cuda.Stream()
+
+    def allocate(self, tensors: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+        """One pinned host array and one device allocation per ``name -> (shape, numpy dtype)``."""
+        with self.active():
             for name, (shape, dtype) in tensors.items():
-                self.host[name] = cuda.pagelocked_empty(tuple(shape), dtype)
-                self._device[name] = cuda.mem_alloc(max(self.host[name].nbytes, 1))
+                self.host[name] = self._cuda.pagelocked_empty(tuple(shape), dtype)
+                self._device[name] = self._cuda.mem_alloc(max(self.host[name].nbytes, 1))
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -70,9 +74,6 @@ class CudaBuffers:
     def address(self, name: str) -> int:
         return int(self._device[name])
 
-    def stream_handle(self) -> int:
-        return self.stream.handle
-
     def to_device(self, names: list[str]) -> None:
         for name in names:
             self._cuda.memcpy_htod_async(self._device[name], self.host[name], self.stream)
@@ -81,12 +82,9 @@ class CudaBuffers:
         for name in names:
             self._cuda.memcpy_dtoh_async(self.host[name], self._device[name], self.stream)
 
-    def synchronize(self) -> None:
-        self.stream.synchronize()
-
     def close(self) -> None:
         """Free every allocation and release the context; safe to call twice."""
-        if not self._device:
+        if self._context is None:
             return
         with self.active():
             self.stream.synchronize()
@@ -97,3 +95,4 @@ class CudaBuffers:
         self._device.clear()
         self.host.clear()
         self._context.detach()
+        self._context = None

@@ -92,21 +92,28 @@ class TrtEngine:
         check_plan_matches(sidecar, self.device_info, trt.__version__, bundle.manifest.graph.sha256, bundle.path)
         if sha256_file(self.plan_path) != sidecar.plan_sha256:
             raise BundleError(f"{self.plan_path} does not match its side-car hash: corrupt or replaced; rebuild it")
-        self._logger = make_logger(trt)
-        self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
-        if self._engine is None:
-            raise EngineError(f"TensorRT could not load {self.plan_path}: {' | '.join(self._logger.errors)}")
-        self._context = self._engine.create_execution_context()
         manifest = bundle.manifest
         self._shape = (manifest.input.height, manifest.input.width, 3)
         self._input = manifest.input.name
         self._map, self._score = manifest.outputs.anomaly_map, manifest.outputs.score
-        tensors = self._bind_shapes(trt)
+        self._logger = make_logger(trt)
+        self._buffers = CudaBuffers(device)
+        try:
+            # Under this device's context, so TensorRT's CUDA runtime works on the same device and context.
+            with self._buffers.active():
+                self._runtime = trt.Runtime(self._logger)
+                self._engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+                if self._engine is None:
+                    raise EngineError(f"TensorRT could not load {self.plan_path}: {' | '.join(self._logger.errors)}")
+                self._context = self._engine.create_execution_context()
+                tensors = self._bind_shapes(trt)
+                self._buffers.allocate(tensors)
+                for name in tensors:
+                    self._context.set_tensor_address(name, self._buffers.address(name))
+        except BaseException:
+            self.close()  # nothing half-open stays behind on the GPU
+            raise
         self._outputs = [n for n in tensors if n != self._input]
-        self._buffers = CudaBuffers(tensors, device)
-        for name in tensors:
-            self._context.set_tensor_address(name, self._buffers.address(name))
         self._lock = threading.Lock()
         log.info("tensorrt engine ready", extra=kv(model=manifest.model_id, **self.describe()))
 
@@ -139,10 +146,10 @@ class TrtEngine:
         with self._lock, buffers.active():
             buffers.host[self._input].reshape(self._shape)[...] = image
             buffers.to_device([self._input])
-            if not self._context.execute_async_v3(buffers.stream_handle()):
+            if not self._context.execute_async_v3(buffers.stream.handle):
                 raise EngineError(f"TensorRT inference failed: {' | '.join(self._logger.errors[-3:])}")
             buffers.to_host(self._outputs)
-            buffers.synchronize()
+            buffers.stream.synchronize()
             # Copy out of the pinned buffers: the next frame overwrites them while this result is still in use.
             anomaly_map = np.array(buffers.host[self._map].reshape(self._shape[:2]), np.float32)
             score = float(buffers.host[self._score].reshape(-1)[0])
@@ -157,8 +164,10 @@ class TrtEngine:
         }
 
     def close(self) -> None:
-        # Release in reverse creation order (context, engine, runtime), then the buffers the context pointed at.
-        self._context = self._engine = self._runtime = None
-        if getattr(self, "_buffers", None) is not None:
-            self._buffers.close()
-            self._buffers = None
+        """Release TensorRT's objects, then the buffers they pointed at; safe to call twice."""
+        buffers, self._buffers = getattr(self, "_buffers", None), None
+        if buffers is None:
+            return
+        with buffers.active():  # TensorRT frees device memory here: on this device's context
+            self._context = self._engine = self._runtime = None  # reverse creation order
+        buffers.close()
