@@ -9,6 +9,10 @@ tensor in the type the graph gives it. So the float parts of the bundle graph ar
   TensorRT can fuse Q/DQ + conv into an INT8 kernel);
 * the graph boundary: the uint8 image input stays uint8, and the float32 outputs stay float32 (a Cast at the end).
 
+Before that, the parts TensorRT's parser refuses are rewritten into exact equivalents: the uint8 input's Cast moves
+in front of any layout ops (torch exports ``image -> Transpose -> Cast``), INT32 bias DequantizeLinear nodes are
+folded into float initializers, INT4 weights are widened to INT8 containers; asymmetric Q/DQ is refused.
+
 The FP16 conversion itself is ONNX Runtime's maintained converter (``onnxruntime.transformers.float16``). The
 prepared graph is checked with ``onnx.checker`` (full type inference) and can be run in ONNX Runtime on the CPU
 against the original: the score drift of the FP16 graph is the part of the TensorRT error that comes from FP16
