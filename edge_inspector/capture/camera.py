@@ -29,7 +29,8 @@ class ReopeningSource:
         stop: event that ends the retry loop (read then returns None).
     """
 
-    def __init__(self, source: Source, backoff_s: tuple[float, float] = (0.5, 10.0), stop: threading.Event | None = None):
+    def __init__(self, source: Source, backoff_s: tuple[float, float] = (0.5, 10.0),
+                 stop: threading.Event | None = None):
         self.source = source
         self.name = source.name
         self.live = source.live

@@ -184,7 +184,7 @@ class FolderSource:
 
 
 def open_source(spec: str | int, settings: CaptureSettings | None = None, seed: int = 0) -> Source:
-    """A source for ``spec``: camera index, 'demo', a folder, an rtsp://|http:// URL or a video file (not opened yet)."""
+    """A source for ``spec``: camera index, 'demo', a folder, a stream URL or a video file (not opened yet)."""
     settings = settings or CaptureSettings()
     spec = str(spec)
     if spec == "demo":

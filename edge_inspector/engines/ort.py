@@ -63,7 +63,8 @@ class OrtEngine:
         opset = _graph_opset(bundle.onnx_path)
         if opset != manifest.graph.opset:
             raise BundleError(
-                f"{bundle.onnx_path} uses opset {opset} but the manifest says {manifest.graph.opset}: re-export the bundle"
+                f"{bundle.onnx_path} uses opset {opset} but the manifest says {manifest.graph.opset}: "
+                "re-export the bundle"
             )
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.settings.intra_op_threads
@@ -90,7 +91,8 @@ class OrtEngine:
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or inputs[0].name != spec.input.name:
             names = [i.name for i in inputs]
-            raise BundleError(f"{where}: graph inputs {names} do not match the manifest's single input '{spec.input.name}'")
+            raise BundleError(
+                f"{where}: graph inputs {names} do not match the manifest's single input '{spec.input.name}'")
         given = inputs[0]
         if given.type != "tensor(uint8)":
             raise BundleError(f"{where}: input '{given.name}' is {given.type}, the manifest says uint8")
@@ -104,7 +106,8 @@ class OrtEngine:
         outputs = {o.name for o in self.session.get_outputs()}
         missing = [n for n in (spec.outputs.anomaly_map, spec.outputs.score) if n not in outputs]
         if missing:
-            raise BundleError(f"{where}: graph lacks output(s) {missing} named in the manifest (it has {sorted(outputs)})")
+            raise BundleError(
+                f"{where}: graph lacks output(s) {missing} named in the manifest (it has {sorted(outputs)})")
 
     def warmup(self, runs: int = 2) -> None:
         images = self.bundle.calibration_images()

@@ -78,8 +78,8 @@ class InspectionLoop:
         self._running = threading.Event()
         self._running.set()
         reopening = ReopeningSource(source, self.capture.reopen_backoff_s, self._stop)
-        self.reader = LatestFrameReader(reopening) if source.live and (self.mode == "free_run" or self.software_trigger) \
-            else reopening
+        newest_only = source.live and (self.mode == "free_run" or self.software_trigger)
+        self.reader = LatestFrameReader(reopening) if newest_only else reopening
         self.roi = RoiMapper(roi)
         self.stats = LoopStats()
         self._triggers: queue.Queue[str] = queue.Queue()
@@ -171,9 +171,7 @@ class InspectionLoop:
         snap.update(mode=self.mode, paused=self.paused, threshold=self.params.effective_threshold, failure=self.failure)
         return snap
 
-    # ------------------------------------------------------------------ stages (own threads)
-
-    def _guard(self, stage):
+    def _guard(self, stage):  # wraps each stage for its own thread
         def run() -> None:
             try:
                 stage()
@@ -373,6 +371,7 @@ class InspectionLoop:
             return None
 
     def _publish_stage(self) -> None:
+        failed: set = set()
         while True:
             result = self._q_publish.get()
             if result is _END:
@@ -381,9 +380,11 @@ class InspectionLoop:
             for sink in self.sinks:
                 try:
                     sink.handle(result)
-                except Exception:  # one broken sink must not silence the others
+                except Exception:  # one broken sink must not silence the others; log it once, then count
                     self.stats.count("sink_errors")
-                    log.exception("sink failed", extra=kv(sink=type(sink).__name__))
+                    if id(sink) not in failed:
+                        failed.add(id(sink))
+                        log.exception("sink failed; further failures only counted", extra=kv(sink=type(sink).__name__))
             self.stats.record("publish", (time.perf_counter() - start) * 1e3)
         self._close_sinks()
         self._done.set()
