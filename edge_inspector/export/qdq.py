@@ -27,20 +27,20 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_inspector.errors import ConfigError
-from edge_inspector.quantization.fakequant import BIAS_QMAX, QuantConv2d
+from edge_inspector.quantization.fakequant import BIAS_QMAX, QuantConv2d, qmax_for
 
 QDQ_OPSET = 21
-ORT_SESSION_CONFIG = {"session.qdqisint8allowed": "1"}
-"""ONNX Runtime session settings a QDQ graph must be loaded with (also written to the graph's metadata_props).
+ORT_DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
+"""ONNX Runtime graph optimizers a QDQ graph must be loaded without (also written to the graph's metadata_props).
 
-Without it, ORT on x86 rewrites our int8 Q/DQ to uint8 (``QDQS8ToU8Transformer``) for its U8S8 kernels. Measured
-here (AVX2 CPU, no VNNI, ORT 1.32): those kernels saturate 16-bit pair sums with full-range 8-bit weights, so outputs
-drift by up to ~20 quantization steps from the fake-quant model, while the S8S8 path matches it exactly. The
-rewrite also trips an ORT bug when a quantized conv feeds a Reshape/Slice (the attention kv projection): session
-creation fails with "output_dtype INT8 does not match y_zero_point type UINT8" (microsoft/onnxruntime#25526).
-Keeping int8 (zero point 0, also what TensorRT requires) avoids both.
+On x86, ORT rewrites our int8 Q/DQ to uint8 (``QDQS8ToU8Transformer``) for its fast U8S8 kernels; its
+``QDQPropagationTransformer`` then leaves opset-21 ``QuantizeLinear`` nodes it inserted with ``output_dtype`` INT8
+next to a UINT8 zero point, and session creation fails ("output_dtype INT8 does not match y_zero_point type UINT8",
+microsoft/onnxruntime#25526) wherever a quantized conv feeds a Reshape/Slice (HaloAE's k/v projections). We place
+every Q/DQ ourselves, so propagation buys nothing. The other way out, ``session.qdqisint8allowed=1``, keeps int8
+activations but its S8S8 kernels were slower than FP32 here (AVX2, no VNNI): 500 ms vs 430 ms, against 310 ms U8S8.
 """
-METADATA_SESSION_CONFIG = "edge_inspector.ort_session_config"
+METADATA_DISABLED_OPTIMIZERS = "edge_inspector.ort_disabled_optimizers"
 
 
 @dataclass
@@ -157,7 +157,7 @@ def insert_qdq(
     graph.initializer.extend(kept + new_inits)
     del graph.node[:]
     graph.node.extend(new_nodes)
-    _set_metadata(out, METADATA_SESSION_CONFIG, ",".join(f"{k}={v}" for k, v in ORT_SESSION_CONFIG.items()))
+    _set_metadata(out, METADATA_DISABLED_OPTIMIZERS, ",".join(ORT_DISABLED_OPTIMIZERS))
     onnx.checker.check_model(out)
     return out
 
@@ -177,12 +177,12 @@ def ort_session(model: onnx.ModelProto | bytes | str, threads: int = 1, optimize
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    for key, value in ORT_SESSION_CONFIG.items():
-        opts.add_session_config_entry(key, value)
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        data, opts, providers=["CPUExecutionProvider"], disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS)
+    )
 
 
 def _conv_qdq(
@@ -202,7 +202,7 @@ def _conv_qdq(
         helper.make_node("DequantizeLinear", [f"{p}/x_q", f"{p}/in_scale", f"{p}/in_zp"], [f"{p}/x_dq"],
                          name=f"{p}/x_DQ"),
     ]
-    qmax = 2 ** (q.bits - 1) - 1
+    qmax = qmax_for(q.bits)
     if np.abs(q.codes).max(initial=0) > qmax:
         raise ConfigError(f"{tag}: weight codes exceed the {q.bits}-bit grid")
     channels = q.codes.shape[0]

@@ -3,7 +3,10 @@
 Numerics (chosen to match what ONNX Runtime and TensorRT execute, see DESIGN §5):
 
 * weights: per-output-channel symmetric, ``scale_c = max|w_c| / qmax``, ``q = clamp(round(w / scale), -qmax, qmax)``
-  with ``qmax = 2**(bits-1) - 1`` (127 for 8 bits, 7 for 4 bits; the grid is symmetric so the zero point is 0);
+  with ``qmax = 7`` for 4 bits and ``qmax = 63`` for 8 bits (symmetric grids, zero point 0). The 8-bit grid is the
+  "reduced range" one: ONNX Runtime on x86 CPUs without VNNI runs QDQ convs as uint8 x int8 with ``vpmaddubsw``,
+  whose int16 pair sums saturate for |w| > 64 (measured here: outputs off by up to 23 steps with qmax 127, exact
+  with 63). 4-bit codes can never saturate;
 * activations: 8-bit per tensor, symmetric int8 (zero point 0, TensorRT accepts nothing else), with the range from a
   calibration observer (``minmax`` or ``percentile`` of ``|x|``);
 * bias: int32 on the grid ``scale_x * scale_w`` (what the integer conv kernels of ONNX Runtime accumulate in).
@@ -32,11 +35,15 @@ MIN_WEIGHT_RANGE = 1e-6
 ObserverKind = Literal["minmax", "percentile"]
 
 
+WEIGHT_QMAX = {4: 7, 8: 63}
+"""Largest weight code per bit-width (the smallest is its negative); 8 bits use the reduced range, see above."""
+
+
 def qmax_for(bits: int) -> int:
-    """Largest code of a symmetric signed ``bits``-bit grid (the smallest is its negative)."""
-    if bits not in (4, 8):
+    """Largest code of the symmetric ``bits``-bit weight grid."""
+    if bits not in WEIGHT_QMAX:
         raise ValueError(f"weight bits must be 4 or 8, got {bits}")
-    return 2 ** (bits - 1) - 1
+    return WEIGHT_QMAX[bits]
 
 
 def weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:

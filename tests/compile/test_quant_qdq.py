@@ -100,7 +100,7 @@ def test_small_bundle_uses_true_int4(quantized):
 def test_onnxruntime_matches_fake_quant_torch(quantized, small):
     """Stated tolerance: every output within 2 output-quantization steps, 99% within 1 step.
 
-    Here (x86 AVX2, ORT 1.32, int8 kept by ``ORT_SESSION_CONFIG``) the outputs are identical; the margin is for
+    Here (x86 AVX2, ORT 1.32, U8S8 kernels, 8-bit weights in the reduced range) the outputs are identical; the margin is for
     integer kernels elsewhere that requantize with another fixed-point multiplier and round a boundary value the
     other way (each flip is one step of an 8-bit grid).
     """
