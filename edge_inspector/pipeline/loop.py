@@ -74,8 +74,7 @@ class InspectionLoop:
         self.timeout_s = decision.inference_timeout_s
         self.mode = self.capture.mode if self.capture.mode != "auto" else ("free_run" if source.live else "triggered")
         self.software_trigger = self.mode == "triggered" and self.capture.trigger_source == "mqtt"
-        self._stop = threading.Event()
-        self._running = threading.Event()
+        self._stop, self._running = threading.Event(), threading.Event()
         self._running.set()
         reopening = ReopeningSource(source, self.capture.reopen_backoff_s, self._stop)
         newest_only = source.live and (self.mode == "free_run" or self.software_trigger)
@@ -86,10 +85,10 @@ class InspectionLoop:
         self._q_infer, self._q_decide, self._q_publish = (queue.Queue(self.capture.queue_size) for _ in range(3))
         self._lock = threading.Lock()
         self._inflight: _Job | None = None
-        self._capture_done = threading.Event()
         self._run_id = int(time.time())
         self.failure: str | None = None
-        self._done = threading.Event()
+        self._watchdog_ended = False
+        self._capture_done, self._done = threading.Event(), threading.Event()
         stages = (self._capture_stage, self._inference_stage, self._decision_stage, self._publish_stage, self._watchdog)
         self._threads = [threading.Thread(target=self._guard(fn), name=fn.__name__, daemon=True) for fn in stages]
 
@@ -230,21 +229,23 @@ class InspectionLoop:
             job = _Job(frame)
             job.timings["decode"] = frame.decode_ms
             if self.mode == "free_run":
-                self._put_newest(job)
+                taken -= self._put_newest(job)  # a dropped frame does not count towards max_frames
             elif not self._put(self._q_infer, job):
                 break
         self._capture_done.set()
 
-    def _put_newest(self, job: _Job) -> None:
-        """Free run: make room by dropping the oldest waiting frame (counted), never block the camera."""
+    def _put_newest(self, job: _Job) -> int:
+        """Free run: make room by dropping the oldest waiting frames, never block the camera; returns the drops."""
+        dropped = 0
         while True:
             try:
                 self._q_infer.put_nowait(job)
-                return
+                self.stats.count("dropped", dropped)
+                return dropped
             except queue.Full:
                 try:
                     self._q_infer.get_nowait()
-                    self.stats.count("dropped")
+                    dropped += 1
                 except queue.Empty:
                     pass
 
@@ -286,9 +287,7 @@ class InspectionLoop:
             job.output, job.error = output, error
             job.timings["inference"] = elapsed
             self._put(self._q_decide, job)
-        with self._lock:
-            abandoned = self._inflight is not None
-        if not abandoned:
+        if not self._watchdog_ended:
             self._put(self._q_decide, _END)
 
     def _watchdog(self) -> None:
@@ -317,6 +316,7 @@ class InspectionLoop:
                 self._put(self._q_decide, queued)
             if self._capture_done.is_set() and self._q_infer.empty():
                 if self._inflight is not None:  # the inference thread may never return: finish the run without it
+                    self._watchdog_ended = True
                     self._put(self._q_decide, _END)
                     return
 

@@ -116,6 +116,12 @@ def test_max_frames_limits_the_run(engine, bundle):
     assert len(results) == 5
 
 
+def test_max_frames_counts_judged_parts_in_free_run(engine, bundle):
+    results, stats = _run(DemoLine(parts=0, size=SIZE), SlowEngine(engine, 0.02), bundle,
+                          capture=CaptureSettings(mode="free_run", queue_size=1, max_frames=6))
+    assert len(results) == 6 and stats["counts"]["dropped"] > 0
+
+
 def test_pause_holds_judging_until_resume(engine, bundle):
     sink = CollectingSink()
     loop = InspectionLoop(DemoLine(parts=4, size=SIZE), engine, bundle.manifest, [sink])
