@@ -31,17 +31,18 @@ def check_tiling(height: int, width: int, block: int, halo: int) -> None:
 
 
 def relative_index(block: int, halo: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index tables (Q, K) into the (block + window - 1)-row relative embeddings, for rows and for columns.
+    """Index tables (Q, window) into the (block + window - 1)-row relative embeddings: rows and columns.
 
-    Query q sits at (qy, qx) inside its block, key k at (ky, kx) inside the window, which starts ``halo`` before the
-    block. Their offset ``(ky - halo) - qy`` lies in [-(block + halo - 1), block + halo - 1].
+    Query q sits at (qy, qx) inside its block, key row ky (column kx) inside the window, which starts ``halo``
+    before the block. The offset ``(ky - halo) - qy`` lies in [-(block + halo - 1), block + halo - 1]; adding
+    ``block + halo - 1`` makes it an index.
     """
     window = block + 2 * halo
     qy, qx = torch.meshgrid(torch.arange(block), torch.arange(block), indexing="ij")
-    ky, kx = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    k = torch.arange(window).reshape(1, -1)
     shift = block - 1
-    rows = ky.reshape(1, -1) - halo - qy.reshape(-1, 1) + halo + shift
-    cols = kx.reshape(1, -1) - halo - qx.reshape(-1, 1) + halo + shift
+    rows = k - qy.reshape(-1, 1) + shift
+    cols = k - qx.reshape(-1, 1) + shift
     return rows, cols
 
 
@@ -123,8 +124,8 @@ class HaloAttention(nn.Module):
         self.rel_height = nn.Parameter(torch.randn(block + window - 1, head_dim) * scale)
         self.rel_width = nn.Parameter(torch.randn(block + window - 1, head_dim) * scale)
         rows, cols = relative_index(block, halo)
-        self.register_buffer("rel_rows", rows.reshape(-1), persistent=False)
-        self.register_buffer("rel_cols", cols.reshape(-1), persistent=False)
+        self.register_buffer("rel_rows", rows, persistent=False)
+        self.register_buffer("rel_cols", cols, persistent=False)
         self._masks: dict[tuple[int, int], torch.Tensor] = {}
 
     def _mask(self, height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -148,9 +149,14 @@ class HaloAttention(nn.Module):
         v = v.reshape(b * nh, d, nb, nk).permute(0, 2, 3, 1)  # (B*nh, NB, K, d)
 
         logits = torch.matmul(q, k)  # (B*nh, NB, Q, K)
-        emb = (self.rel_height[self.rel_rows] + self.rel_width[self.rel_cols]).reshape(nq, nk, d)
-        rel = torch.matmul(q.reshape(b * nh * nb, nq, d).transpose(0, 1), emb.transpose(1, 2))  # (Q, B*nh*NB, K)
-        logits = logits + rel.transpose(0, 1).reshape(b * nh, nb, nq, nk)
+        # Relative positions: q . (r_h[dy] + r_w[dx]) = (q . r_h)[dy] + (q . r_w)[dx]; score every offset once,
+        # then pick each key row's / column's offset from the index tables (GatherElements) and broadcast-add.
+        window = self.rel_rows.shape[1]
+        shape = (b * nh, nb, nq, window)
+        by_row = torch.gather(torch.matmul(q, self.rel_height.t()), 3, self.rel_rows.expand(shape))
+        by_col = torch.gather(torch.matmul(q, self.rel_width.t()), 3, self.rel_cols.expand(shape))
+        rel = by_row.unsqueeze(4) + by_col.unsqueeze(3)  # (B*nh, NB, Q, window, window)
+        logits = logits + rel.reshape(b * nh, nb, nq, nk)
         logits = logits + self._mask(int(h), int(w), x.device).reshape(1, nb, 1, nk)
         return torch.softmax(logits.float(), dim=-1).to(v.dtype), v
 

@@ -94,6 +94,8 @@ class SamePadConv2d(nn.Conv2d):
         for size, k, s in ((x.shape[-1], self.kernel_size[1], self.stride[1]), (x.shape[-2], self.kernel_size[0], self.stride[0])):
             total = max((math.ceil(int(size) / s) - 1) * s + k - int(size), 0)
             pads += [total // 2, total - total // 2]
+        if pads[0] == pads[1] and pads[2] == pads[3]:  # symmetric: let the conv pad (no extra copy)
+            return F.conv2d(x, self.weight, self.bias, self.stride, (pads[2], pads[0]), self.dilation, self.groups)
         return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
@@ -170,6 +172,32 @@ def load_lite0(num_blocks: int = len(_LITE0_BLOCKS), with_head: bool = False, pr
     return net
 
 
+@torch.no_grad()
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """Fold every (conv, BN) pair of a frozen Lite0 into the conv (adds a bias; BN becomes identity): same outputs
+    in eval mode, fewer ops in training and in the exported graph."""
+    pairs = [("_conv_stem", "_bn0")] if hasattr(net, "_conv_stem") else []
+    for conv_name, bn_name in pairs:
+        _fold_pair(net, conv_name, bn_name)
+    for block in getattr(net, "_blocks", []):
+        for conv_name, bn_name in (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")):
+            if hasattr(block, conv_name):
+                _fold_pair(block, conv_name, bn_name)
+    return net
+
+
+def _fold_pair(owner: nn.Module, conv_name: str, bn_name: str) -> None:
+    conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is None:
+        conv.bias = nn.Parameter(bias, requires_grad=False)
+    else:
+        conv.bias.copy_(conv.bias * scale + bias)
+    setattr(owner, bn_name, nn.Identity())
+
+
 def _vgg19_features(num_modules: int) -> nn.Sequential:
     """torchvision's ``vgg19().features`` layout, truncated to the first ``num_modules`` modules."""
     plan = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
@@ -234,7 +262,7 @@ class Backbone(nn.Module):
         self.infos = [table[layer] for layer in layers]
         deepest = max(info.index for info in self.infos)
         if name == "efficientnet_lite0":
-            self.net = load_lite0(deepest + 1, pretrained=pretrained)
+            self.net = fold_batchnorm(load_lite0(deepest + 1, pretrained=pretrained))
         else:
             self.net = load_vgg19(deepest + 1, vgg19_weights, pretrained=pretrained)
         for p in self.net.parameters():

@@ -68,6 +68,10 @@ class HaloAE(nn.Module):
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
         self.feature_channels = sum(self.backbone.channels)
+        # Per-channel standardisation of the backbone map, fitted on training images (``set_feature_statistics``):
+        # raw Lite0 channels differ in scale by 10x+, and the squared error would otherwise be a few channels' error.
+        self.register_buffer("feature_mean", torch.zeros(1, self.feature_channels, 1, 1))
+        self.register_buffer("feature_std", torch.ones(1, self.feature_channels, 1, 1))
 
         w = spec.widths
         pad = 0 if spec.stem_valid else spec.stem_kernel // 2
@@ -112,7 +116,26 @@ class HaloAE(nn.Module):
                 maps.append(F.avg_pool2d(fmap, (h // gh, w // gw)))
             else:
                 maps.append(F.interpolate(fmap, size=(gh, gw), mode="bilinear", align_corners=False))
-        return torch.cat(maps, dim=1).detach()
+        return ((torch.cat(maps, dim=1) - self.feature_mean) / self.feature_std).detach()
+
+    @torch.no_grad()
+    def set_feature_statistics(self, images: torch.Tensor, batch_size: int = 16) -> None:
+        """Fit the per-channel mean/std of the feature map on uint8 (N, H, W, 3) normal images."""
+        self.feature_mean.zero_()
+        self.feature_std.fill_(1.0)
+        total = torch.zeros(self.feature_channels, dtype=torch.float64)
+        squares = torch.zeros(self.feature_channels, dtype=torch.float64)
+        count = 0
+        for start in range(0, len(images), batch_size):
+            f = self.features(self.normalize(images[start : start + batch_size])).double()
+            total += f.sum(dim=(0, 2, 3))
+            squares += f.square().sum(dim=(0, 2, 3))
+            count += f.shape[0] * f.shape[2] * f.shape[3]
+        mean = total / count
+        std = (squares / count - mean.square()).clamp_min(0).sqrt()
+        self.feature_mean.copy_(mean.view(1, -1, 1, 1).float())
+        # a floor keeps dead channels (std ~ 0) from turning noise into huge errors
+        self.feature_std.copy_(std.clamp_min(1e-2 * float(std.mean()) + 1e-6).view(1, -1, 1, 1).float())
 
     def encode(self, f: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.stem(f))

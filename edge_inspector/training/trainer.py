@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "edge-inspector/haloae-checkpoint"
 CHECKPOINT_VERSION = 1
+FEATURE_STAT_IMAGES = 128
+"""Training images used to fit the feature map's per-channel mean/std (enough for stable statistics)."""
 
 
 @dataclass
@@ -162,6 +164,9 @@ def fit(
         torch.set_rng_state(doc["torch_rng"])
         start_epoch, losses = int(doc["epoch"]), dict(doc.get("losses", {}))
         log.info("resuming", extra=kv(checkpoint=ckpt_path, epoch=start_epoch))
+    else:
+        stats_index = rng.permutation(len(images))[:FEATURE_STAT_IMAGES]
+        model.set_feature_statistics(torch.from_numpy(images[np.sort(stats_index)]))
 
     samples = spec.samples_per_epoch or len(images)
     steps_per_epoch = max(1, math.ceil(samples / spec.batch_size))

@@ -17,9 +17,9 @@ def _one_thread():
     torch.manual_seed(0)
 
 
-def tiny_lite(*extra: str) -> HaloAE:
+def tiny_lite(*extra: str, pretrained: bool = False) -> HaloAE:
     spec = load_preset("haloae-lite", ["model.width=64", "model.height=128", *extra]).model
-    return build_model(spec, pretrained=False)
+    return build_model(spec, pretrained=pretrained)
 
 
 def test_builtin_presets_load_and_default_is_lite():
@@ -130,3 +130,15 @@ def test_paper_preset_builds_trains_and_exports_with_random_vgg19(tmp_path):
     got, want = export_and_run(model, images[:1], tmp_path / "paper.onnx")
     assert got.shape == (1, 1, 28, 28)
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_feature_statistics_standardise_each_channel_and_travel_in_the_state_dict():
+    model = tiny_lite(pretrained=True)
+    images = torch.randint(0, 256, (4, 128, 64, 3), dtype=torch.uint8)
+    model.set_feature_statistics(images, batch_size=3)
+    f = model.features(model.normalize(images))
+    std = f.std(dim=(0, 2, 3), unbiased=False)
+    assert torch.allclose(f.mean(dim=(0, 2, 3)), torch.zeros(()), atol=1e-3)
+    # unit std, except near-dead channels whose std is floored so their noise is not amplified
+    assert (std < 1.01).all() and ((std - 1).abs() < 1e-2).float().mean() > 0.9
+    assert {"feature_mean", "feature_std"} <= set(model.state_dict())
