@@ -8,7 +8,6 @@ summary. Checkpoints go to a work folder beside the bundle (not into it: the bun
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from edge_inspector.export.commands import add_threshold_arguments
@@ -30,8 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
     from edge_inspector.data.folders import Category, load_images, scan_category
     from edge_inspector.errors import ConfigError
     from edge_inspector.export.commands import bundle_from_model, holdout_split, print_summary
@@ -50,19 +47,18 @@ def main(args: argparse.Namespace) -> int:
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".work")
     progress = not args.no_progress
     spec = preset.model
-    torch.set_num_threads(preset.train.threads or torch.get_num_threads())
 
     fit_paths, holdout_paths = holdout_split(category, preset)
     print(f"data        {category.root}: {len(fit_paths)} images to fit, {len(holdout_paths)} held back; "
           f"preset {preset.name}, {spec.width}x{spec.height}, attention {spec.attention}")
     images = load_images(fit_paths, spec.width, spec.height, spec.resize, progress=progress, desc="training images")
     model = build_model(spec)
-    start = time.perf_counter()
-    report = fit(model, images, preset.train, work_dir, resume=args.resume, progress=progress)
-    duration = time.perf_counter() - start
-    epochs = getattr(report, "epochs", preset.train.epochs)
-    print(f"trained     {epochs} epochs in {duration:.0f} s; checkpoint {getattr(report, 'checkpoint', work_dir)}")
+    report = fit(model, images, preset.train, work_dir, resume=args.resume, progress=progress, preset=preset)
+    resumed = f" (resumed at epoch {report.resumed_from_epoch})" if report.resumed_from_epoch else ""
+    losses = " ".join(f"{k} {v:.4f}" for k, v in report.losses.items())
+    print(f"trained     {report.epochs_run} of {report.epochs_total} epochs{resumed}, {report.steps} steps in "
+          f"{report.duration_s:.0f} s; last epoch {losses}; checkpoint {report.checkpoint}")
     summary = bundle_from_model(model, preset, category, out, args.target_frr, args.pixel_fpr,
-                                epochs=epochs, duration_s=duration, progress=progress)
+                                epochs=report.epochs_total, duration_s=report.duration_s, progress=progress)
     print_summary(summary)
     return 0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -67,3 +67,76 @@ def test_eval_refuses_what_it_cannot_use(dataset, stand_in_bundle, tmp_path, cap
     assert "train/good is missing" in capsys.readouterr().err
     assert main(["eval", "--model", str(stand_in_bundle.path), "--data", str(dataset), "--engine", "torch"]) == 2
     assert "needs a training checkpoint" in capsys.readouterr().err
+
+
+TINY = ["model.width=64", "model.height=64", "train.epochs=1", "train.batch_size=2", "train.holdout_fraction=0.25",
+        "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    """One real training run of haloae-lite (Lite0 ImageNet weights) at 64x64 for one epoch, through the CLI."""
+    out = tmp_path_factory.mktemp("train") / "bundle"
+    rc = main(["train", "--data", str(dataset), "--out", str(out), "--no-progress", *TINY])
+    assert rc == 0
+    return out
+
+
+@pytest.mark.slow
+def test_train_writes_a_bundle_from_train_good_minus_the_holdout(trained, dataset, capsys):
+    bundle = load_bundle(trained)
+    m = bundle.manifest
+    assert (m.input.width, m.input.height) == (64, 64)
+    assert m.training.preset == "haloae-lite" and m.training.attention == "halo" and m.training.epochs == 1
+    assert (m.training.n_fit, m.training.n_holdout) == (9, 3)  # 12 train/good images, 25 % held back
+    assert m.score.image.n == 3 and m.thresholds.image > 0 and m.thresholds.pixel > 0
+    assert len(bundle.calibration_images()) == 3
+    assert (trained.with_name("bundle.work") / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_train_resume_continues_from_the_checkpoint(trained, dataset, tmp_path, capsys):
+    work = tmp_path / "work"
+    shutil.copytree(trained.with_name("bundle.work"), work)  # a copy: the other tests keep the 1-epoch checkpoint
+    more = [*TINY[:2], "train.epochs=2", *TINY[3:]]
+    rc = main(["train", "--data", str(dataset), "--out", str(tmp_path / "b2"), "--work-dir", str(work),
+               "--resume", "--no-progress", *more])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "1 of 2 epochs (resumed at epoch 1)" in printed and "parity" in printed
+
+
+@pytest.mark.slow
+def test_export_command_rebuilds_the_same_bundle_from_the_checkpoint(trained, dataset, tmp_path):
+    checkpoint = trained.with_name("bundle.work") / "checkpoints" / "last.pt"
+    assert main(["export", "--checkpoint", str(checkpoint), "--data", str(dataset), "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 0
+    again, original = load_bundle(tmp_path / "b").manifest, load_bundle(trained).manifest
+    # Same weights, same seeded holdout -> same normal statistics and thresholds.
+    assert again.thresholds.image == pytest.approx(original.thresholds.image, rel=1e-5)
+    assert again.score.image.mean == pytest.approx(original.score.image.mean, rel=1e-5)
+    assert again.training.data_fingerprint == original.training.data_fingerprint
+
+
+@pytest.mark.slow
+def test_checkpoint_eval_in_torch_matches_bundle_eval_in_onnxruntime(trained, dataset, tmp_path):
+    checkpoint = trained.with_name("bundle.work") / "checkpoints" / "last.pt"
+    results = {}
+    for name, model in (("ort", trained), ("torch", checkpoint)):
+        assert main(["eval", "--model", str(model), "--data", str(dataset), "--out", str(tmp_path / name),
+                     "--no-progress", "--overlays", "0"]) == 0
+        results[name] = json.loads((tmp_path / name / "result.json").read_text())
+    assert results["ort"]["engine"] == "onnxruntime" and results["torch"]["engine"] == "torch"
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert results["ort"]["metrics"]["overall"][key] == pytest.approx(results["torch"]["metrics"]["overall"][key],
+                                                                          abs=1e-3)
+    # Same holdout, same model -> same thresholds, whether rebuilt for a checkpoint or read from the bundle.
+    assert results["ort"]["thresholds"]["image"] == pytest.approx(results["torch"]["thresholds"]["image"], rel=1e-4)
+
+
+def test_train_refuses_bad_overrides_with_the_key_named(dataset, tmp_path, capsys):
+    assert main(["train", "--data", str(dataset), "--out", str(tmp_path / "b"), "model.widht=64"]) == 2
+    assert "widht" in capsys.readouterr().err
+    assert main(["train", "--data", str(dataset), "--out", str(tmp_path / "b"), "train.holdout_fraction=0",
+                 *TINY[:2]]) == 2
+    assert "holdout_fraction is 0" in capsys.readouterr().err
