@@ -49,6 +49,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "load_average_1_5_15": " ".join(f"{v:.1f}" for v in os.getloadavg()),
     }
 
 
@@ -70,6 +71,7 @@ def run_variant(args: argparse.Namespace, attention: str, stamp: str) -> dict:
         train_argv.append("--resume")
     eval_argv = ["eval", "--model", str(bundle), "--data", str(data), "--out", str(eval_dir),
                  "--threads", str(args.threads)]
+    load_at_start = " ".join(f"{v:.1f}" for v in os.getloadavg())
     start = time.perf_counter()
     if cli(train_argv) != 0:
         raise SystemExit(f"training failed: edge-inspector {shlex.join(train_argv)}")
@@ -84,7 +86,7 @@ def run_variant(args: argparse.Namespace, attention: str, stamp: str) -> dict:
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "commands": [f"edge-inspector {shlex.join(train_argv)}", f"edge-inspector {shlex.join(eval_argv)}"],
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": {**machine(), "load_average_at_start": load_at_start},
         "dataset": data.name,
         "dataset_path": str(data),
         "model": f"{Path(args.config).stem} ({attention})",
