@@ -124,9 +124,10 @@ def _row(r: dict) -> str:
     subset = r.get("subset")
     scope = f"subset: {subset['max_train_images']} train imgs" if subset else "full"
     by = r.get("image_auroc_by_aggregation", {})
-    return (f"| {r['date'][:16].replace('T', ' ')} | {r['dataset']} | {r['model']} | {scope}, {train.get('epochs', '?')} ep | "
-            f"**{r['image_auroc']:.3f}** | **{r['pixel_auroc']:.3f}** | {r['aupro']:.3f} | "
-            f"{by.get('mean', float('nan')):.3f} / {by.get('max', float('nan')):.3f} / {by.get('topk', float('nan')):.3f} | "
+    nan = float("nan")
+    return (f"| {r['date'][:16].replace('T', ' ')} | {r['dataset']} | {r['model']} | "
+            f"{scope}, {train.get('epochs', '?')} ep | **{r['image_auroc']:.3f}** | **{r['pixel_auroc']:.3f}** | "
+            f"{r['aupro']:.3f} | {by.get('mean', nan):.3f} / {by.get('max', nan):.3f} / {by.get('topk', nan):.3f} | "
             f"{train.get('duration_s') or 0:.0f} s | {lat.get('mean', float('nan')):.0f} ms |")
 
 
@@ -169,8 +170,8 @@ def main() -> int:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M")
         for attention in args.attention:
             record = run_variant(args, attention, stamp)
-            print(f"{record['model']}: image AUROC {record['image_auroc']:.3f}, pixel AUROC {record['pixel_auroc']:.3f}, "
-                  f"AUPRO {record['aupro']:.3f}")
+            print(f"{record['model']}: image AUROC {record['image_auroc']:.3f}, "
+                  f"pixel AUROC {record['pixel_auroc']:.3f}, AUPRO {record['aupro']:.3f}")
     update_readme()
     return 0
 

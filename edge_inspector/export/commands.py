@@ -101,10 +101,11 @@ def print_summary(summary: ExportSummary) -> None:
           f"input {m.input.width}x{m.input.height} uint8 RGB, {m.input.resize})")
     print(f"holdout     {image.n} good training images kept out of fitting: image score mean {image.mean:.4g} "
           f"std {image.std:.4g} max {image.max:.4g}; pixel p99.9 {pixel.quantiles.get('0.999', float('nan')):.4g}")
-    print(f"thresholds  image {m.thresholds.image:.4g} (target false-reject rate {m.thresholds.target_false_reject_rate}), "
-          f"pixel {m.thresholds.pixel:.4g}; score = {m.score.aggregation}")
-    print(f"parity      ONNX Runtime vs torch on {summary.parity.n_images} images: map {summary.parity.max_map_diff:.1e}, "
-          f"score {summary.parity.max_score_diff:.1e} (relative)")
+    print(f"thresholds  image {m.thresholds.image:.4g} (target false-reject rate "
+          f"{m.thresholds.target_false_reject_rate}), pixel {m.thresholds.pixel:.4g}; score = {m.score.aggregation}")
+    parity = summary.parity
+    print(f"parity      ONNX Runtime vs torch on {parity.n_images} images: map {parity.max_map_diff:.1e}, "
+          f"score {parity.max_score_diff:.1e} (relative)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -64,7 +64,8 @@ def _checkpoint_predictions(path: Path, category, args: argparse.Namespace, prog
     _, holdout_paths = holdout_split(category, preset)
     holdout = load_images(holdout_paths, spec.width, spec.height, spec.resize, progress=progress, desc="holdout")
     scorer = make_scorer(model, preset)
-    thresholds = thresholds_from_normal(fit_normal_statistics(scorer, holdout), ThresholdPolicy(args.target_frr, args.pixel_fpr))
+    policy = ThresholdPolicy(args.target_frr, args.pixel_fpr)
+    thresholds = thresholds_from_normal(fit_normal_statistics(scorer, holdout), policy)
     images, masks = load_test_set(category, spec.width, spec.height, spec.resize, progress=progress)
     predictions = predict_with_torch(scorer, images, progress=progress)
     info = {"path": str(path), "preset": preset.name, "attention": spec.attention}

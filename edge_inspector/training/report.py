@@ -46,7 +46,10 @@ def format_table(result: dict[str, Any]) -> str:
     title = (f"{result['dataset']['name']}: {model.get('model_id', model.get('path', '?'))} via {result['engine']}, "
              f"score = {result['aggregation']} (columns mean/max/topk: image AUROC per aggregation)")
     latency = result.get("latency_ms") or {}
-    tail = [f"latency per image: mean {latency['mean']:.1f} ms, p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms"] if latency else []
+    tail = []
+    if latency:
+        tail.append(f"latency per image: mean {latency['mean']:.1f} ms, p50 {latency['p50']:.1f} ms, "
+                    f"p99 {latency['p99']:.1f} ms")
     return "\n".join([title, *lines, *tail])
 
 
