@@ -12,8 +12,10 @@ Per quantized conv the graph becomes::
 
     x -> Q(s_in) -> DQ -> Conv(DQ(w_int, s_w, axis 0), DQ(b_int32, s_in*s_w, axis 0)) -> Q(s_out) -> DQ -> y
 
-with symmetric zero points (0, of the code's dtype). ONNX Runtime fuses ``DQ -> Conv -> Q`` into an integer
-``QLinearConv``. 4-bit weights are written as their 4-bit grid in INT8 containers (runs as INT8 everywhere), or as
+with symmetric grids: weights int8/int4 with zero point 0; activations uint8 with zero point 128 (by default, see
+``ORT_DISABLED_OPTIMIZERS``) or int8 with zero point 0. A tensor already on a grid (a quantized conv's output read
+by the next conv, one input read by q/k/v) is quantized once. ONNX Runtime fuses ``DQ -> Conv -> Q`` into an
+integer ``QLinearConv``. 4-bit weights are written as their 4-bit grid in INT8 containers (runs as INT8 everywhere), or as
 true ``INT4`` initializers when ``small=True`` (opset >= 21; ONNX Runtime then dequantizes and runs a float conv).
 """
 
@@ -31,16 +33,19 @@ from edge_inspector.quantization.fakequant import BIAS_QMAX, QuantConv2d, qmax_f
 
 QDQ_OPSET = 21
 ORT_DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
-"""ONNX Runtime graph optimizers a QDQ graph must be loaded without (also written to the graph's metadata_props).
+"""ONNX Runtime optimizers the *int8* form must be loaded without (written to its metadata_props; the default uint8
+form needs nothing).
 
-On x86, ORT rewrites our int8 Q/DQ to uint8 (``QDQS8ToU8Transformer``) for its fast U8S8 kernels; its
-``QDQPropagationTransformer`` then leaves opset-21 ``QuantizeLinear`` nodes it inserted with ``output_dtype`` INT8
-next to a UINT8 zero point, and session creation fails ("output_dtype INT8 does not match y_zero_point type UINT8",
-microsoft/onnxruntime#25526) wherever a quantized conv feeds a Reshape/Slice (HaloAE's k/v projections). We place
-every Q/DQ ourselves, so propagation buys nothing. The other way out, ``session.qdqisint8allowed=1``, keeps int8
-activations but its S8S8 kernels were slower than FP32 here (AVX2, no VNNI): 500 ms vs 430 ms, against 310 ms U8S8.
+Why uint8 is the default (measured here: x86 AVX2 without VNNI, ORT 1.32): ORT rewrites int8 Q/DQ to uint8
+(``QDQS8ToU8Transformer``) for its fast U8S8 kernels, but only some pairs, so convs whose input and output pairs
+ended up with different types stayed float (47 of 90 on HaloAE-lite); and its ``QDQPropagationTransformer`` then
+leaves opset-21 ``QuantizeLinear`` nodes with ``output_dtype`` INT8 beside a UINT8 zero point, so session creation
+fails outright ("output_dtype INT8 does not match y_zero_point type UINT8", microsoft/onnxruntime#25526) wherever
+a quantized conv feeds a Reshape/Slice. ``session.qdqisint8allowed=1`` avoids both but its S8S8 kernels were slower
+than FP32 (500 vs 430 ms). Writing the same grid as uint8 with zero point 128 avoids all of it and stays exact.
 """
 METADATA_DISABLED_OPTIMIZERS = "edge_inspector.ort_disabled_optimizers"
+ACT_ZERO_POINTS = {"uint8": np.array(128, np.uint8), "int8": np.array(0, np.int8)}
 
 
 @dataclass
@@ -99,6 +104,7 @@ def insert_qdq(
     convs: dict[str, ConvQuant],
     small: bool = False,
     check_reference: bool = True,
+    activations: str = "uint8",
 ) -> onnx.ModelProto:
     """Return a copy of ``model`` with Q/DQ inserted around every conv whose weight is named in ``convs``.
 
@@ -107,10 +113,14 @@ def insert_qdq(
             ``<name>.weight`` or ``<name>.conv.weight`` (exported with the wrappers in place).
         small: write 4-bit weights as true INT4 initializers (needs opset >= 21).
         check_reference: refuse when the graph's float weight differs from the torch weight (wrong model).
+        activations: ``uint8`` (zero point 128) or ``int8`` (zero point 0): the same symmetric grid. uint8 is
+            what ONNX Runtime's x86 kernels run; int8 is what TensorRT takes (a graph pass converts exactly).
 
     Raises:
         ConfigError: a named conv is not in the graph, its weight differs, or INT4 is asked below opset 21.
     """
+    if activations not in ACT_ZERO_POINTS:
+        raise ConfigError(f"activations must be one of {sorted(ACT_ZERO_POINTS)}, got {activations!r}")
     if small and _opset(model) < QDQ_OPSET:
         raise ConfigError(f"true INT4 weights need opset >= {QDQ_OPSET}; the graph has opset {_opset(model)}")
     out = onnx.ModelProto()
@@ -126,6 +136,8 @@ def insert_qdq(
 
     new_nodes, new_inits, dropped = [], [], set()
     seen = set()
+    # (tensor, scale) -> name of its dequantized copy: a tensor already on that grid is not quantized again
+    on_grid: dict[tuple[str, float], str] = {}
     for node in graph.node:
         weight = node.input[1] if node.op_type == "Conv" and len(node.input) > 1 else None
         if weight not in by_weight:
@@ -145,7 +157,7 @@ def insert_qdq(
         dropped.add(weight)
         if len(node.input) > 2 and node.input[2]:
             dropped.add(node.input[2])
-        pre, post, inits_ = _conv_qdq(node, tag, weight, q, small)
+        pre, post, inits_ = _conv_qdq(node, tag, weight, q, small, on_grid, ACT_ZERO_POINTS[activations])
         new_nodes += pre + [node] + post
         new_inits += inits_
     missing = set(convs) - seen
@@ -157,7 +169,8 @@ def insert_qdq(
     graph.initializer.extend(kept + new_inits)
     del graph.node[:]
     graph.node.extend(new_nodes)
-    _set_metadata(out, METADATA_DISABLED_OPTIMIZERS, ",".join(ORT_DISABLED_OPTIMIZERS))
+    if activations == "int8":
+        _set_metadata(out, METADATA_DISABLED_OPTIMIZERS, ",".join(ORT_DISABLED_OPTIMIZERS))
     onnx.checker.check_model(out)
     return out
 
@@ -170,8 +183,8 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
     model.metadata_props.add(key=key, value=value)
 
 
-def ort_session(model: onnx.ModelProto | bytes | str, threads: int = 1, optimize: bool = True):
-    """An ONNX Runtime CPU session for a QDQ graph, with the settings it must be loaded with (compile-time checks)."""
+def ort_session(model: onnx.ModelProto, threads: int = 1, optimize: bool = True):
+    """An ONNX Runtime CPU session for a graph, honouring the optimizers its metadata says to leave out."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -179,29 +192,40 @@ def ort_session(model: onnx.ModelProto | bytes | str, threads: int = 1, optimize
     opts.log_severity_level = 3
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    meta = {p.key: p.value for p in model.metadata_props}
+    disabled = [o for o in meta.get(METADATA_DISABLED_OPTIMIZERS, "").split(",") if o]
     return ort.InferenceSession(
-        data, opts, providers=["CPUExecutionProvider"], disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS)
+        model.SerializeToString(), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
     )
 
 
 def _conv_qdq(
-    node: onnx.NodeProto, tag: str, weight: str, q: ConvQuant, small: bool
+    node: onnx.NodeProto,
+    tag: str,
+    weight: str,
+    q: ConvQuant,
+    small: bool,
+    on_grid: dict[tuple[str, float], str],
+    act_zp: np.ndarray,
 ) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], list[TensorProto]]:
     """Nodes before the conv, nodes after it, and new initializers; rewires ``node`` in place."""
     x, y = node.input[0], node.output[0]
     p = f"{tag}/qdq"
     inits = [
-        _scalar(f"{p}/in_scale", q.input_scale),
-        numpy_helper.from_array(np.array(0, np.int8), f"{p}/in_zp"),
         _scalar(f"{p}/out_scale", q.output_scale),
-        numpy_helper.from_array(np.array(0, np.int8), f"{p}/out_zp"),
+        numpy_helper.from_array(act_zp, f"{p}/out_zp"),
     ]
-    pre = [
-        helper.make_node("QuantizeLinear", [x, f"{p}/in_scale", f"{p}/in_zp"], [f"{p}/x_q"], name=f"{p}/x_Q"),
-        helper.make_node("DequantizeLinear", [f"{p}/x_q", f"{p}/in_scale", f"{p}/in_zp"], [f"{p}/x_dq"],
-                         name=f"{p}/x_DQ"),
-    ]
+    pre = []
+    x_dq = on_grid.get((x, q.input_scale))
+    if x_dq is None:  # not already the output of a Q/DQ pair on this grid: quantize it here
+        x_dq = f"{p}/x_dq"
+        inits += [_scalar(f"{p}/in_scale", q.input_scale), numpy_helper.from_array(act_zp, f"{p}/in_zp")]
+        pre += [
+            helper.make_node("QuantizeLinear", [x, f"{p}/in_scale", f"{p}/in_zp"], [f"{p}/x_q"], name=f"{p}/x_Q"),
+            helper.make_node("DequantizeLinear", [f"{p}/x_q", f"{p}/in_scale", f"{p}/in_zp"], [x_dq],
+                             name=f"{p}/x_DQ"),
+        ]
+        on_grid[(x, q.input_scale)] = x_dq
     qmax = qmax_for(q.bits)
     if np.abs(q.codes).max(initial=0) > qmax:
         raise ConfigError(f"{tag}: weight codes exceed the {q.bits}-bit grid")
@@ -215,7 +239,7 @@ def _conv_qdq(
     inits += [codes, numpy_helper.from_array(q.weight_scale.astype(np.float32), f"{p}/w_scale"), w_zp]
     pre.append(helper.make_node("DequantizeLinear", [codes.name, f"{p}/w_scale", f"{p}/w_zp"], [f"{p}/w_dq"],
                                 name=f"{p}/w_DQ", axis=0))
-    inputs = [f"{p}/x_dq", f"{p}/w_dq"]
+    inputs = [x_dq, f"{p}/w_dq"]
     if q.bias_codes is not None:
         b_scale = np.float32(q.input_scale) * q.weight_scale.astype(np.float32)
         inits += [
@@ -234,6 +258,7 @@ def _conv_qdq(
                          name=f"{p}/y_Q"),
         helper.make_node("DequantizeLinear", [f"{p}/y_q", f"{p}/out_scale", f"{p}/out_zp"], [y], name=f"{p}/y_DQ"),
     ]
+    on_grid[(y, q.output_scale)] = y
     return pre, post, inits
 
 

@@ -37,6 +37,7 @@ from edge_inspector.quantization.units import (
     fold_batchnorm,
     quant_modules,
     set_mode,
+    tie_activation_ranges,
     wrap_units,
 )
 
@@ -78,6 +79,7 @@ def prepare(scorer: nn.Module, calibration: np.ndarray, options: CalibrateOption
         for start in range(0, len(calibration), 8):
             scorer(torch.from_numpy(np.ascontiguousarray(calibration[start : start + 8])))
     set_mode(scorer, "float")
+    tie_activation_ranges(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
     return units
 
 

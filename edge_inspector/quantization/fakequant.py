@@ -7,8 +7,9 @@ Numerics (chosen to match what ONNX Runtime and TensorRT execute, see DESIGN §5
   "reduced range" one: ONNX Runtime on x86 CPUs without VNNI runs QDQ convs as uint8 x int8 with ``vpmaddubsw``,
   whose int16 pair sums saturate for |w| > 64 (measured here: outputs off by up to 23 steps with qmax 127, exact
   with 63). 4-bit codes can never saturate;
-* activations: 8-bit per tensor, symmetric int8 (zero point 0, TensorRT accepts nothing else), with the range from a
-  calibration observer (``minmax`` or ``percentile`` of ``|x|``);
+* activations: 8-bit per tensor on a symmetric grid (int8 codes, zero point 0, what TensorRT accepts; the same grid
+  as uint8 with zero point 128, what ONNX Runtime's fast x86 kernels take), with the range from a calibration
+  observer (``minmax`` or ``percentile`` of ``|x|``);
 * bias: int32 on the grid ``scale_x * scale_w`` (what the integer conv kernels of ONNX Runtime accumulate in).
 
 ``torch.round`` and ONNX ``QuantizeLinear`` both round half to even, so a value lands on the same grid point.
@@ -27,7 +28,9 @@ from torch.func import functional_call
 Precision = Literal["w4a8", "w8a8", "keep"]
 PRECISION_WEIGHT_BITS: dict[str, int] = {"w4a8": 4, "w8a8": 8, "keep": 32}
 ACT_BITS = 8
-ACT_QMAX = 2 ** (ACT_BITS - 1) - 1
+ACT_QMIN, ACT_QMAX = -128, 127
+"""Codes of the int8 activation grid; the scale maps the observed range to 127 and -128 is kept, as
+``QuantizeLinear`` saturates there (the uint8 form of the same grid is ``code + 128``)."""
 BIAS_QMAX = 2**31 - 128
 """Largest int32 bias code that float32 represents exactly (so torch and ONNX clip to the same number)."""
 MIN_WEIGHT_RANGE = 1e-6
@@ -70,9 +73,8 @@ def fake_quant_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
 
 def fake_quant_act(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Symmetric int8 per-tensor fake quantization; STE inside the clip range, zero gradient outside."""
-    bound = scale * ACT_QMAX
-    clipped = torch.maximum(torch.minimum(x, bound), -bound)
-    snapped = torch.clamp(torch.round(x / scale), -ACT_QMAX, ACT_QMAX) * scale
+    clipped = torch.maximum(torch.minimum(x, scale * ACT_QMAX), scale * ACT_QMIN)
+    snapped = torch.clamp(torch.round(x / scale), ACT_QMIN, ACT_QMAX) * scale
     return clipped + (snapped - clipped).detach()
 
 

@@ -185,6 +185,76 @@ def set_mode(model: nn.Module, mode: str) -> None:
         module.mode = mode
 
 
+@torch.no_grad()
+def tie_activation_ranges(model: nn.Module, example: torch.Tensor) -> list[list[str]]:
+    """Give one activation range to every group of quantizers that see the same tensor; returns the groups.
+
+    A conv's output feeding another conv directly (``reduce`` -> q/k/v projections, MBConv project -> expand), or
+    one tensor feeding several convs, would otherwise be quantized twice with different scales: two Q/DQ pairs
+    back to back, which ONNX Runtime cannot fuse into integer convs (measured: a third of the convs stayed float).
+    With one range per tensor the export writes a single Q/DQ pair and both sides stay exact (re-quantizing on the
+    same grid changes nothing). The group's range is the widest of its members'. Topology comes from one forward
+    with hooks (tensor identity), in ``float`` mode so the observers are not touched.
+    """
+    modules = quant_modules(model)
+    produced: dict[int, str] = {}
+    consumers: dict[int, list[str]] = {}
+    alive: list[torch.Tensor] = []  # keeps tensors alive so their ids stay unique during the pass
+    handles = []
+    def on_input(name: str):
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            alive.append(inputs[0])
+            consumers.setdefault(id(inputs[0]), []).append(name)
+
+        return hook
+
+    def on_output(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            alive.append(output)
+            produced[id(output)] = f"{name}:out"
+
+        return hook
+
+    for name, module in modules.items():
+        handles.append(module.register_forward_pre_hook(on_input(name)))
+        handles.append(module.register_forward_hook(on_output(name)))
+    modes = {name: m.mode for name, m in modules.items()}
+    set_mode(model, "float")
+    try:
+        model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, module in modules.items():
+            module.mode = modes[name]
+    parent: dict[str, str] = {}
+
+    def find(slot: str) -> str:
+        while parent.setdefault(slot, slot) != slot:
+            slot = parent[slot]
+        return slot
+
+    for tensor_id, names in consumers.items():
+        slots = [f"{n}:in" for n in dict.fromkeys(names)] + ([produced[tensor_id]] if tensor_id in produced else [])
+        for slot in slots[1:]:
+            parent[find(slot)] = find(slots[0])
+    groups: dict[str, list[str]] = {}
+    for slot in list(parent):
+        groups.setdefault(find(slot), []).append(slot)
+    tied = [sorted(g) for g in groups.values() if len(g) > 1]
+    for group in tied:
+        observers = [_observer(modules, slot) for slot in group]
+        widest = max(o.amax for o in observers)
+        for o in observers:
+            o.amax.copy_(widest)
+    return tied
+
+
+def _observer(modules: dict[str, QuantConv2d], slot: str):
+    name, _, side = slot.rpartition(":")
+    return modules[name].in_observer if side == "in" else modules[name].out_observer
+
+
 def apply_plan(model: nn.Module, units: list[QuantUnit], plan: dict[str, Precision]) -> None:
     """Give each wrapped conv the precision its unit has in ``plan`` (units missing from the plan stay ``keep``)."""
     modules = quant_modules(model)

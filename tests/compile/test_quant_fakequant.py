@@ -53,8 +53,8 @@ def test_activation_rounds_half_to_even_and_clips_gradient():
     scale = torch.tensor(0.5)
     x = torch.tensor([0.25, 0.75, -0.25, 100.0, -100.0, 1.1], requires_grad=True)
     y = fake_quant_act(x, scale)
-    # 0.25/0.5 = 0.5 -> 0 (even), 0.75/0.5 = 1.5 -> 2, clip at 127 * 0.5
-    assert y.tolist() == [0.0, 1.0, -0.0, 63.5, -63.5, 1.0]
+    # 0.25/0.5 = 0.5 -> 0 (even), 0.75/0.5 = 1.5 -> 2, clip at 127 * 0.5 and -128 * 0.5 (QuantizeLinear's int8)
+    assert y.tolist() == [0.0, 1.0, -0.0, 63.5, -64.0, 1.0]
     y.sum().backward()
     assert x.grad.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0]
 

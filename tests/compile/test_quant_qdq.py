@@ -18,7 +18,15 @@ from edge_inspector.export.qdq import (
     insert_qdq,
     ort_session,
 )
-from edge_inspector.quantization.units import apply_plan, discover_units, fold_batchnorm, quant_modules, set_mode, wrap_units
+from edge_inspector.quantization.units import (
+    apply_plan,
+    discover_units,
+    fold_batchnorm,
+    quant_modules,
+    set_mode,
+    tie_activation_ranges,
+    wrap_units,
+)
 from tests.compile.quant_nets import make_tiny_net
 
 PLAN = {"stem": "w8a8", "body.0": "w4a8", "body.2": "w8a8", "attn": "w4a8", "head": "w8a8"}
@@ -38,6 +46,7 @@ def quantized(tmp_path_factory):
     with torch.no_grad():
         net(calib)
     set_mode(net, "float")
+    assert tie_activation_ranges(net, calib[:1]) == [["attn.to_kv:in", "attn.to_q:in"]]
     path = tmp_path_factory.mktemp("qdq") / "fp32.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -48,8 +57,9 @@ def quantized(tmp_path_factory):
     return net, onnx.load(str(path)), calib
 
 
-def _qdq(net, fp32, small=False):
-    return insert_qdq(fp32, {n: conv_quant_from_module(m) for n, m in quant_modules(net).items()}, small=small)
+def _qdq(net, fp32, small=False, activations="uint8"):
+    convs = {n: conv_quant_from_module(m) for n, m in quant_modules(net).items()}
+    return insert_qdq(fp32, convs, small=small, activations=activations)
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray, optimize: bool = True) -> np.ndarray:
@@ -63,9 +73,9 @@ def test_graph_structure(quantized):
     n_convs = 7
     assert ops.count("Conv") == n_convs
     # per conv: Q+DQ on input, DQ weight, Q+DQ on output; DQ bias where the conv has one (stem, body.0, body.2,
-    # to_out, head after BN folding)
-    assert ops.count("QuantizeLinear") == 2 * n_convs
-    assert ops.count("DequantizeLinear") == 3 * n_convs + 5
+    # to_out, head after BN folding); to_q and to_kv read the same tensor on one grid: one shared input pair
+    assert ops.count("QuantizeLinear") == 2 * n_convs - 1
+    assert ops.count("DequantizeLinear") == 3 * n_convs + 5 - 1
     inits = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
@@ -77,7 +87,8 @@ def test_graph_structure(quantized):
             assert codes.data_type in (TensorProto.INT8, TensorProto.INT32)
         if node.op_type == "QuantizeLinear":
             zp = inits[node.input[2]]
-            assert zp.data_type == TensorProto.INT8 and numpy_helper.to_array(zp) == 0 and len(zp.dims) == 0
+            # activations: the symmetric grid in its uint8 form (zero point 128)
+            assert zp.data_type == TensorProto.UINT8 and numpy_helper.to_array(zp) == 128 and len(zp.dims) == 0
     w4 = numpy_helper.to_array(inits["body.0.conv.weight_quantized"])
     assert w4.dtype == np.int8 and np.abs(w4).max() == 7  # 4-bit grid in an INT8 container
     assert "body.0.conv.weight" not in inits  # the float weight is gone
@@ -96,8 +107,8 @@ def test_small_bundle_uses_true_int4(quantized):
     assert initializer_bytes(big) - initializer_bytes(small) == saved
 
 
-@pytest.mark.parametrize("small", [False, True])
-def test_onnxruntime_matches_fake_quant_torch(quantized, small):
+@pytest.mark.parametrize("small,activations", [(False, "uint8"), (True, "uint8"), (False, "int8")])
+def test_onnxruntime_matches_fake_quant_torch(quantized, small, activations):
     """Stated tolerance: every output within 2 output-quantization steps, 99% within 1 step.
 
     Here (x86 AVX2, ORT 1.32, U8S8 kernels, 8-bit weights in the reduced range) the outputs are identical; the margin is for
@@ -109,7 +120,8 @@ def test_onnxruntime_matches_fake_quant_torch(quantized, small):
         ref = net(calib).numpy()
     step = quant_modules(net)["head"].act_scales().output
     for optimize in (True, False):  # integer kernels (fused) and the plain reference path of each op
-        out = np.concatenate([_run(_qdq(net, fp32, small), calib[i : i + 1].numpy(), optimize) for i in range(4)])
+        model = _qdq(net, fp32, small, activations)
+        out = np.concatenate([_run(model, calib[i : i + 1].numpy(), optimize) for i in range(4)])
         diff = np.abs(out - ref) / step
         assert diff.max() <= 2.0 + 1e-3, diff.max()
         assert np.mean(diff > 1.0 + 1e-3) < 0.01

@@ -1,0 +1,204 @@
+"""HQS against its controls in one run: FP32, FP32 fine-tuned for the same steps, uniform W8A8, uniform W4A8,
+ONNX Runtime's own ``quantize_static`` and HQS, all evaluated through ONNX Runtime (CPU) on the test split.
+
+    .venv/bin/python benchmarks/bench_hqs.py --model <checkpoint.pt> --data /work/shared/datasets/magnetic_tile
+    .venv/bin/python benchmarks/bench_hqs.py --model ... --max-test 60 --qat-steps 2 --probe-images 6   # subset
+
+Writes ``benchmarks/results/hqs_<dataset>_<time>.json``: one entry per variant (variant, image_auroc, pixel_auroc,
+latency_p50_ms, weight_bytes) plus the command, date, machine and settings, and the issue's bars checked against
+FP32 (HQS within 1.0 AUROC point, latency <= 0.6x, weights <= 0.25x). Every variant gets its own normal map (mean
+error on the held-back good images, as a bundle would); thresholds are not involved in AUROC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_inspector.data.folders import load_images, load_test_set, scan_category  # noqa: E402
+from edge_inspector.export.commands import holdout_split  # noqa: E402
+from edge_inspector.export.onnx_export import export_onnx  # noqa: E402
+from edge_inspector.export.qdq import dedupe_initializers, initializer_bytes, ort_session  # noqa: E402
+from edge_inspector.quantization.calibrate import (  # noqa: E402
+    CalibrateOptions,
+    latency_p50_ms,
+    prepare,
+    qdq_graph,
+    run_hqs,
+)
+from edge_inspector.quantization.defects import make_probe_set  # noqa: E402
+from edge_inspector.quantization.qat import QatOptions, finetune  # noqa: E402
+from edge_inspector.quantization.units import apply_plan, set_mode  # noqa: E402
+from edge_inspector.training.metrics import image_auroc, pixel_auroc  # noqa: E402
+from edge_inspector.training.scoring import fit_normal_statistics, make_scorer  # noqa: E402
+from edge_inspector.training.trainer import load_checkpoint  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="trained HaloAE checkpoint (.pt)")
+    p.add_argument("--data", default="/work/shared/datasets/magnetic_tile")
+    p.add_argument("--budget-bits", type=float, default=5.0)
+    p.add_argument("--qat-steps", type=int, default=100, help="QAT steps for HQS and fine-tune steps for fp32_ft")
+    p.add_argument("--probe-images", type=int, default=16)
+    p.add_argument("--hessian-samples", type=int, default=4)
+    p.add_argument("--max-test", type=int, default=None, help="evaluate on an evenly spaced subset of the test split")
+    p.add_argument("--latency-runs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", default="fp32,fp32_ft,w8a8,w4a8,ort_static,hqs")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    return p.parse_args()
+
+
+def ort_static(fp32: onnx.ModelProto, calibration: np.ndarray, work: Path) -> onnx.ModelProto:
+    """ONNX Runtime's own static QDQ quantization (per-channel int8 weights, its default uint8 activations)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{fp32.graph.input[0].name: img[None]} for img in calibration])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    src, dst = work / "ort_fp32.onnx", work / "ort_static.onnx"
+    onnx.save(fp32, str(src))
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    return onnx.load(str(dst))
+
+
+def evaluate(graph: onnx.ModelProto, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, threads: int) -> dict:
+    session = ort_session(graph, threads=threads)
+    name = session.get_inputs()[0].name
+    maps, scores = [], []
+    for image in images:
+        m, s = session.run(None, {name: image[None]})
+        maps.append(m[0, 0, ::2, ::2])
+        scores.append(float(s[0]))
+    maps = np.stack(maps)
+    return {"image_auroc": image_auroc(np.array(scores), labels), "pixel_auroc": pixel_auroc(maps, masks[:, ::2, ::2])}
+
+
+def main() -> int:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    variants = args.variants.split(",")
+    model, preset = load_checkpoint(Path(args.model))
+    spec = preset.model
+    category = scan_category(args.data, require_test=True)
+    fit_paths, holdout_paths = holdout_split(category, preset)
+    fit_images = load_images(fit_paths, spec.width, spec.height, spec.resize)
+    holdout = load_images(holdout_paths, spec.width, spec.height, spec.resize)
+    test_images, test_masks = load_test_set(category, spec.width, spec.height, spec.resize)
+    labels = np.array([s.is_anomalous for s in category.test])
+    if args.max_test:
+        pick = np.linspace(0, len(test_images) - 1, min(args.max_test, len(test_images))).round().astype(int)
+        test_images, test_masks, labels = test_images[pick], test_masks[pick], labels[pick]
+    options = CalibrateOptions(budget_bits=args.budget_bits, n_probe_normal=args.probe_images,
+                               n_probe_defects=args.probe_images, hessian_samples=args.hessian_samples,
+                               qat=QatOptions(steps=args.qat_steps), threads=args.threads)
+    calibration = fit_images[np.random.default_rng(0).permutation(len(fit_images))[: options.n_calibration]]
+    results, notes = [], {}
+    with tempfile.TemporaryDirectory(prefix="ei-bench-hqs-") as tmp:
+        work = Path(tmp)
+        fp32_graph = None
+
+        def graph_of(scorer, quantized: bool, tag: str) -> onnx.ModelProto:
+            set_mode(scorer, "float")
+            path = export_onnx(scorer, work / f"{tag}.onnx")
+            graph = onnx.load(str(path))
+            if quantized:
+                set_mode(scorer, "quant")
+                graph = qdq_graph(scorer, graph, small=False)
+            dedupe_initializers(graph)
+            return graph
+
+        for variant in variants:
+            print(f"--- {variant}", flush=True)
+            scorer = make_scorer(copy.deepcopy(model), preset)
+            fit_normal_statistics(scorer, holdout)
+            quantized = variant in ("w8a8", "w4a8", "hqs")
+            if variant == "fp32_ft":
+                finetune(scorer, fit_images, preset, options.qat, quantized=False)
+            elif variant in ("w8a8", "w4a8"):
+                units = prepare(scorer, calibration, options)
+                apply_plan(scorer, units, {u.name: "w8a8" if variant == "w8a8" or u.min_bits > 4 else "w4a8"
+                                           for u in units})
+                set_mode(scorer, "quant")
+            elif variant == "hqs":
+                probe = make_probe_set(holdout, options.n_probe_normal, options.n_probe_defects)
+                result = run_hqs(scorer, preset, fit_images, probe, options)
+                notes["hqs_plan"] = result.plan
+                notes["hqs_average_bits"] = result.plan_bits / result.total_params
+                notes["hqs_repair_steps"] = [s.promoted for s in result.repair.steps]
+            if variant != "ort_static":
+                fit_normal_statistics(scorer, holdout)  # this variant's own normal map
+                graph = graph_of(scorer, quantized, variant)
+            else:
+                if fp32_graph is None:
+                    raise SystemExit("ort_static quantizes the fp32 graph: list fp32 before it in --variants")
+                graph = ort_static(fp32_graph, calibration, work)
+                dedupe_initializers(graph)
+            if variant == "fp32":
+                fp32_graph = graph
+            row = {"variant": variant, **evaluate(graph, test_images, test_masks, labels, args.threads),
+                   "latency_p50_ms": latency_p50_ms(graph, test_images[0], args.latency_runs, args.threads),
+                   "weight_bytes": initializer_bytes(graph)}
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    by = {r["variant"]: r for r in results}
+    bars = {}
+    if "fp32" in by and "hqs" in by:
+        f, h = by["fp32"], by["hqs"]
+        bars = {
+            "image_auroc_within_1pt": bool(f["image_auroc"] - h["image_auroc"] <= 0.01),
+            "pixel_auroc_within_1pt": bool(f["pixel_auroc"] - h["pixel_auroc"] <= 0.01),
+            "latency_le_0.6x": bool(h["latency_p50_ms"] <= 0.6 * f["latency_p50_ms"]),
+            "weights_le_0.25x": bool(h["weight_bytes"] <= 0.25 * f["weight_bytes"]),
+            "latency_ratio": h["latency_p50_ms"] / f["latency_p50_ms"],
+            "weight_ratio": h["weight_bytes"] / f["weight_bytes"],
+        }
+    import onnxruntime
+
+    doc = {
+        "benchmark": "hqs",
+        "command": " ".join([".venv/bin/python", "benchmarks/bench_hqs.py", *sys.argv[1:]]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
+                    "onnxruntime": onnxruntime.__version__},
+        "dataset": str(args.data),
+        "n_test": int(len(test_images)),
+        "subset": bool(args.max_test),
+        "settings": {"budget_bits": args.budget_bits, "qat_steps": args.qat_steps, "probe_images": args.probe_images,
+                     "hessian_samples": args.hessian_samples, "model": str(args.model)},
+        "results": results,
+        "bars": bars,
+        "notes": notes,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = out / f"hqs_{category.name}_{stamp}.json"
+    path.write_text(json.dumps(doc, indent=2, default=float))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
