@@ -57,6 +57,7 @@ def run_variant(args: argparse.Namespace, attention: str, stamp: str) -> dict:
     import yaml
 
     from edge_inspector.cli import main as cli
+    from edge_inspector.model.presets import load_preset
 
     data = Path(args.data)
     tag = f"{data.name}_{Path(args.config).stem}_{attention}"
@@ -71,6 +72,8 @@ def run_variant(args: argparse.Namespace, attention: str, stamp: str) -> dict:
         train_argv.append("--resume")
     eval_argv = ["eval", "--model", str(bundle), "--data", str(data), "--out", str(eval_dir),
                  "--threads", str(args.threads)]
+    # The preset as resolved now (built-in presets can change between commits): the record must say what ran.
+    resolved = load_preset(args.config, overrides).model_dump(mode="json")
     load_at_start = " ".join(f"{v:.1f}" for v in os.getloadavg())
     start = time.perf_counter()
     if cli(train_argv) != 0:
@@ -93,6 +96,7 @@ def run_variant(args: argparse.Namespace, attention: str, stamp: str) -> dict:
         "preset": args.config,
         "attention": attention,
         "overrides": overrides,
+        "preset_resolved": resolved,
         "subset": {"max_train_images": args.max_train} if args.max_train else None,
         "image_size": result["image_size"],
         "engine": result["engine"],

@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import platform
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,18 +68,27 @@ def export_onnx(scorer: AnomalyScorer, path: str | Path, opset: int = OPSET) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     scorer = scorer.eval()
     example = torch.zeros(1, scorer.height, scorer.width, 3, dtype=torch.uint8)
-    with torch.no_grad():
-        torch.onnx.export(
-            scorer,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[MAP_NAME, SCORE_NAME],
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
+    # The exporter logs a warning per torchvision op it cannot register and a deprecation note from torch.export;
+    # neither concerns this graph, and they would drown the command's summary.
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                scorer,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[MAP_NAME, SCORE_NAME],
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
     return path
