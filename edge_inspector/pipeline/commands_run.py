@@ -114,10 +114,18 @@ def run_line(config: RunConfig, source=None, quiet: bool = False, extra_sinks: l
     if config.archive.enabled:
         sinks.append(ArchiveSink(Archive(config.archive, config.station)))
     sinks += ([] if quiet else [ConsoleSink()]) + (extra_sinks or []) + ([preview] if preview else [])
+    latest = None
+    if config.http.port:  # /metrics, /readyz, /preview.jpg: the ops package watches the line through a sink
+        from edge_inspector.ops.health import LatestResult
+        from edge_inspector.ops.http import OpsServer
+
+        latest = LatestResult()
+        sinks.append(latest)
     overlay = "all" if show or config.http.port else ("fail" if config.archive.enabled else "none")
     loop = InspectionLoop(source, engine, bundle.manifest, sinks, capture=config.capture, decision=config.decision,
                           roi=config.roi, station=config.station, overlay=overlay)
     loop_holder["loop"] = loop
+    ops = OpsServer(loop, latest, publisher, config.http.host, config.http.port).start() if latest else None
     if publisher:
         publisher.start()  # an unreachable broker is logged by the publisher, and results are spooled meanwhile
     try:
@@ -125,6 +133,8 @@ def run_line(config: RunConfig, source=None, quiet: bool = False, extra_sinks: l
     except BaseException:
         if publisher:
             publisher.stop(drain_timeout=0)
+        if ops:
+            ops.stop()
         raise
     try:
         while not loop.wait(0.03 if preview else 0.2):
@@ -134,6 +144,8 @@ def run_line(config: RunConfig, source=None, quiet: bool = False, extra_sinks: l
                     break
     finally:
         loop.stop()
+        if ops:
+            ops.stop()
         engine.close()
         if preview:
             cv2.destroyAllWindows()

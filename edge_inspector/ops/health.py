@@ -1,0 +1,104 @@
+"""Liveness of the line for /readyz and its newest picture for /preview.jpg.
+
+``LatestResult`` is a result sink: the loop hands it every result on its publish thread, and it keeps only what the
+HTTP side needs (the newest overlay, whether the newest part was judged fail-safe, when it was judged).
+``readiness`` turns that and the loop's own state into ready / not ready with the reasons.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_inspector.pipeline.results import InspectionResult
+
+MIN_STUCK_AFTER_S = 10.0
+"""Shortest wait for a judged part before a line with parts waiting counts as stuck."""
+
+
+class LatestResult:
+    """Sink that remembers the newest result's picture and outcome (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._image: np.ndarray | None = None
+        self._error: str | None = None
+        self._judged_at: float | None = None  # time.monotonic()
+
+    def handle(self, result: InspectionResult) -> None:
+        image = result.overlay if result.overlay is not None else result.frame
+        with self._lock:
+            if image is not None:
+                self._image = image
+            self._error = result.error
+            self._judged_at = time.monotonic()
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The newest overlay (or frame, when no overlay was drawn), BGR; None before the first part."""
+        with self._lock:
+            return self._image
+
+    def outcome(self) -> tuple[str | None, float | None]:
+        """(why the newest part was judged fail-safe or None, monotonic time it was judged or None)."""
+        with self._lock:
+            return self._error, self._judged_at
+
+
+@dataclass
+class Readiness:
+    ready: bool
+    reasons: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ready": self.ready, "reason": "; ".join(self.reasons) or None, **self.details}
+
+
+def readiness(loop: Any, latest: LatestResult, since: float, stuck_after_s: float | None = None) -> Readiness:
+    """Ready when the engine is loaded, the source delivers, the loop runs and is not stuck.
+
+    Not ready (each adds a reason): the loop failed or ended; the engine cannot describe itself (closed); the
+    source is being reopened; the line is paused; the newest part was judged fail-safe (engine error or timeout);
+    parts are waiting but none was judged for ``stuck_after_s`` (default: 3 x the inference timeout, at least
+    ``MIN_STUCK_AFTER_S``).
+
+    Args:
+        loop: the running ``pipeline.loop.InspectionLoop`` (started).
+        latest: the sink the loop feeds.
+        since: monotonic time the loop started (for a loop that has not judged anything yet).
+    """
+    stuck_after_s = stuck_after_s or max(MIN_STUCK_AFTER_S, 3 * loop.timeout_s)
+    snap = loop.snapshot()
+    counts = dict(loop.stats.counts)  # without the capture reader's drops, which never entered the queues
+    pending = counts.get("frames_read", 0) - counts.get("dropped", 0) - counts.get("judged", 0)
+    error, judged_at = latest.outcome()
+    idle_s = time.monotonic() - (judged_at or since)
+    reasons = []
+    if snap["failure"]:
+        reasons.append(f"loop failed: {snap['failure']}")
+    elif loop.wait(0):
+        reasons.append("the loop has stopped (source ended or stop requested)")
+    try:
+        loop.engine.describe()
+    except Exception as exc:  # a closed or broken engine
+        reasons.append(f"engine not loaded: {type(exc).__name__}: {exc}")
+    source = snap["source"]
+    if source["status"] != "ok":
+        reasons.append(f"source {source['name']} is {source['status']} (reopened {source['reopens']} times so far)")
+    if snap["paused"]:
+        reasons.append("paused by command")
+    if error:
+        reasons.append(f"the latest part was judged fail-safe: {error}")
+    if pending > 0 and idle_s > stuck_after_s:
+        reasons.append(f"stuck: {pending} part(s) waiting, none judged for {idle_s:.0f} s")
+    details = {"mode": snap["mode"], "paused": snap["paused"], "source": source, "engine": loop.engine.name,
+               "judged": counts.get("judged", 0), "pending": pending, "idle_s": round(idle_s, 3)}
+    return Readiness(not reasons, reasons, details)

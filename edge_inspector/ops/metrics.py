@@ -1,0 +1,102 @@
+"""Prometheus metrics of a running line, read from the loop's own statistics at scrape time.
+
+The loop already counts verdicts, drops and errors and keeps per-stage latency samples (``pipeline.stats``); a
+custom collector turns that live state into metric families when Prometheus scrapes, so nothing is counted twice
+and the loop does no extra work per part.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from edge_inspector.pipeline.results import Verdict
+
+log = logging.getLogger(__name__)
+
+PREFIX = "edge_inspector"
+QUANTILES = (("0.5", "p50"), ("0.99", "p99"))
+"""Latency quantiles exported, as (Prometheus label, LoopStats key)."""
+
+# counter name -> (LoopStats count key, help)
+_COUNTS = {
+    "frames_read": ("frames_read", "Frames taken from the source."),
+    "frames_dropped": ("dropped", "Frames replaced by a newer one before they were judged (free-run mode)."),
+    "inference_errors": ("errors", "Parts judged fail-safe: preprocessing or inference failed or timed out."),
+    "inference_timeouts": ("timeouts", "Inferences that overran decision.inference_timeout_s."),
+    "sink_errors": ("sink_errors", "Failures of a result consumer (MQTT publisher, archive, console)."),
+}
+
+
+def _counter(name: str, help_: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", help_, value=value)
+
+
+def _gauge(name: str, help_: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", help_, value=value)
+
+
+class LineCollector(Collector):
+    """Collects one line's metrics from its ``InspectionLoop`` and, when it publishes, its MQTT publisher.
+
+    Args:
+        loop: the running ``pipeline.loop.InspectionLoop``.
+        publisher: the ``publish.mqtt.ResultPublisher`` (anything with a ``health`` snapshot), or None.
+    """
+
+    def __init__(self, loop: Any, publisher: Any | None = None):
+        self.loop = loop
+        self.publisher = publisher
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.loop.snapshot()
+        counts = snap["counts"]
+        parts = CounterMetricFamily(f"{PREFIX}_parts", "Judged parts by verdict.", labels=["verdict"])
+        for verdict in Verdict:
+            parts.add_metric([verdict.value], counts.get(verdict.value, 0))
+        yield parts
+        for name, (key, help_) in _COUNTS.items():
+            yield _counter(name, help_, counts.get(key, 0))
+        yield from self._latency(snap["latency_ms"])
+        source = snap["source"]
+        yield _gauge("source_up", "1 while the source delivers, 0 while it is being reopened.",
+                     1.0 if source["status"] == "ok" else 0.0)
+        yield _counter("source_reopens", "Successful reopens of a source that stopped delivering.", source["reopens"])
+        yield _gauge("paused", "1 while the line is paused by a command.", 1.0 if snap["paused"] else 0.0)
+        yield _gauge("threshold", "Effective raw image-score threshold (after sensitivity).", snap["threshold"])
+        yield self._engine_info()
+        if self.publisher is not None:
+            yield from self._publisher()
+
+    def _latency(self, latency_ms: dict[str, dict[str, float]]) -> Iterator[Metric]:
+        # Quantiles over the loop's latest samples per stage (a bounded window), not over the process lifetime.
+        quantiles = GaugeMetricFamily(f"{PREFIX}_stage_latency_seconds",
+                                      "Per-stage latency quantile over the latest parts (pipeline.stats.WINDOW).",
+                                      labels=["stage", "quantile"])
+        means = GaugeMetricFamily(f"{PREFIX}_stage_latency_mean_seconds",
+                                  "Per-stage mean latency over the latest parts.", labels=["stage"])
+        for stage, summary in latency_ms.items():
+            for label, key in QUANTILES:
+                quantiles.add_metric([stage, label], summary[key] / 1e3)
+            means.add_metric([stage], summary["mean"] / 1e3)
+        yield quantiles
+        yield means
+
+    def _engine_info(self) -> InfoMetricFamily:
+        labels = {"model_id": self.loop.manifest.model_id, "backend": self.loop.engine.name}
+        try:
+            labels.update(self.loop.engine.describe())
+        except Exception:  # a closed engine cannot describe itself; the scrape must still answer
+            log.debug("engine describe failed during scrape", exc_info=True)
+        return InfoMetricFamily(f"{PREFIX}_engine", "The model and inference engine the line runs.", value=labels)
+
+    def _publisher(self) -> Iterator[Metric]:
+        health = self.publisher.health
+        yield _gauge("mqtt_connected", "1 while connected to the MQTT broker.", 1.0 if health.connected else 0.0)
+        yield _gauge("spool_pending", "Results in the disk spool, not yet acknowledged by the broker.", health.pending)
+        yield _counter("results_acked", "Results acknowledged by the broker since start.", health.acked)
+        yield _counter("spool_dropped_pass", "PASS results the spool size bound discarded.", health.dropped_pass)
+        yield _counter("mqtt_disconnects", "Lost connections to the broker.", health.disconnects)
