@@ -229,7 +229,7 @@ def export_qdq_bundle(scorer, fp32_bundle, out_dir: Path, result: HqsResult, opt
         onnx.save(graph, str(path))
         manifest = fp32_bundle.manifest.model_copy(deep=True)
         digest = sha256_file(path)
-        manifest.model_id = f"{manifest.model_id.rsplit('-', 1)[0]}-hqs-{digest[:8]}"
+        manifest.model_id = f"{manifest.model_id.rsplit('-', 1)[0]}-{digest[:8]}"
         manifest.quantization = QuantizationSpec(
             precision="qdq",
             bit_plan=result.plan,
