@@ -26,7 +26,7 @@ from edge_inspector.export.qdq import (
     ort_session,
 )
 from edge_inspector.quantization.bitplan import UnitCost, allocate, capacity_bits, plan_bits, repair
-from edge_inspector.quantization.defects import ProbeSet, make_probe_set
+from edge_inspector.quantization.defects import ProbeSet
 from edge_inspector.quantization.qat import QatOptions, QatReport, finetune
 from edge_inspector.quantization.report import plan_rows, write_plan
 from edge_inspector.quantization.sensitivity import Prober, measure_signals
