@@ -262,6 +262,26 @@ def _conv_qdq(
     return pre, post, inits
 
 
+def to_int8_activations(model: onnx.ModelProto) -> int:
+    """Rewrite uint8 zero-point-128 activation Q/DQ into int8 zero point 0, in place (the same grid: TensorRT's form).
+
+    Returns the number of zero points rewritten. The result needs ``ORT_DISABLED_OPTIMIZERS`` to load in ONNX
+    Runtime (recorded in its metadata).
+    """
+    zero_points = {n.input[2] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                   and len(n.input) > 2}
+    count = 0
+    for i, t in enumerate(model.graph.initializer):
+        if t.name in zero_points and t.data_type == TensorProto.UINT8:
+            value = numpy_helper.to_array(t)
+            if not np.all(value == 128):
+                raise ConfigError(f"zero point {t.name} is not 128: not a symmetric grid, cannot convert exactly")
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.zeros(value.shape, np.int8), t.name))
+            count += 1
+    _set_metadata(model, METADATA_DISABLED_OPTIMIZERS, ",".join(ORT_DISABLED_OPTIMIZERS))
+    return count
+
+
 def dedupe_initializers(model: onnx.ModelProto) -> int:
     """Merge initializers with identical dtype, shape and bytes (in place); returns how many were removed.
 

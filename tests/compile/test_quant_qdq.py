@@ -17,6 +17,7 @@ from edge_inspector.export.qdq import (
     initializer_bytes,
     insert_qdq,
     ort_session,
+    to_int8_activations,
 )
 from edge_inspector.quantization.units import (
     apply_plan,
@@ -155,3 +156,13 @@ def test_dedupe_initializers_keeps_results(quantized):
     assert initializer_bytes(model) < size
     assert "duplicate" not in {t.name for t in model.graph.initializer}
     np.testing.assert_array_equal(_run(model, calib[:1].numpy()), before)
+
+
+def test_int8_form_is_the_same_grid(quantized):
+    net, fp32, calib = quantized
+    model = _qdq(net, fp32)
+    reference = _run(model, calib[:2].numpy()[:1])
+    assert to_int8_activations(model) == len({n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear"})
+    zps = [t for t in model.graph.initializer if t.name.endswith(("in_zp", "out_zp"))]
+    assert zps and all(t.data_type == TensorProto.INT8 for t in zps)
+    np.testing.assert_array_equal(_run(model, calib[:2].numpy()[:1]), reference)
