@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from edge_inspector.data.folders import Category
 from edge_inspector.training.metrics import evaluate_scores
-from edge_inspector.training.scoring import AGGREGATIONS, aggregate
+from edge_inspector.training.scoring import AGGREGATIONS, aggregate, run_scorer
 
 
 @dataclass
@@ -52,8 +52,6 @@ def predict_with_engine(engine: Any, images: np.ndarray, progress: bool = False,
 
 def predict_with_torch(scorer: Any, images: np.ndarray, batch_size: int = 8, progress: bool = False) -> Predictions:
     """Run images through a torch ``AnomalyScorer`` in batches (no per-image latency)."""
-    from edge_inspector.training.scoring import run_scorer
-
     maps, scores = run_scorer(scorer, images, batch_size, progress, "inference")
     return Predictions(maps, scores, "torch")
 
