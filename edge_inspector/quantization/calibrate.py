@@ -23,6 +23,7 @@ from edge_inspector.export.qdq import (
     dedupe_initializers,
     initializer_bytes,
     insert_qdq,
+    narrow_index_initializers,
     ort_session,
 )
 from edge_inspector.quantization.bitplan import UnitCost, allocate, capacity_bits, plan_bits, repair
@@ -111,6 +112,7 @@ def qdq_graph(scorer: nn.Module, fp32: onnx.ModelProto, small: bool) -> onnx.Mod
     convs = {n: conv_quant_from_module(m) for n, m in quant_modules(scorer).items() if m.precision != "keep"}
     graph = insert_qdq(fp32, convs, small=small)
     dedupe_initializers(graph)
+    narrow_index_initializers(graph)
     return graph
 
 

@@ -81,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
     from edge_inspector.data.folders import load_images, scan_category
     from edge_inspector.export.commands import holdout_split
     from edge_inspector.export.onnx_export import ThresholdPolicy, export_bundle, thresholds_from_normal
-    from edge_inspector.export.qdq import dedupe_initializers, initializer_bytes
+    from edge_inspector.export.qdq import dedupe_initializers, initializer_bytes, narrow_index_initializers
     from edge_inspector.quantization.calibrate import (
         CalibrateOptions,
         export_qdq_bundle,
@@ -129,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
         set_mode(scorer, "float")
         fp32_bundle = export_bundle(scorer, Path(tmp) / "fp32", name, spec.resize, stats, thresholds, None, holdout)
         fp32_graph = onnx.load(str(fp32_bundle.onnx_path))
-        dedupe_initializers(fp32_graph)
+        dedupe_initializers(fp32_graph)  # the same lossless clean-ups the QDQ graph gets, for a fair size ratio
+        narrow_index_initializers(fp32_graph)
         bundle, graph = export_qdq_bundle(scorer, fp32_bundle, Path(args.out), result, options, name, stats,
                                           thresholds, holdout)
     check = parity(scorer, graph, holdout[:4], options.threads)

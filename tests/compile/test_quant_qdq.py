@@ -16,6 +16,7 @@ from edge_inspector.export.qdq import (
     dedupe_initializers,
     initializer_bytes,
     insert_qdq,
+    narrow_index_initializers,
     ort_session,
     to_int8_activations,
 )
@@ -166,3 +167,22 @@ def test_int8_form_is_the_same_grid(quantized):
     zps = [t for t in model.graph.initializer if t.name.endswith(("in_zp", "out_zp"))]
     assert zps and all(t.data_type == TensorProto.INT8 for t in zps)
     np.testing.assert_array_equal(_run(model, calib[:2].numpy()[:1]), reference)
+
+
+def test_index_tables_narrow_to_int32_exactly():
+    from onnx import helper
+
+    indices = numpy_helper.from_array(np.array([[2, 0], [1, 1]], np.int64), "idx")
+    other = numpy_helper.from_array(np.array([2, 2], np.int64), "shape")  # a Reshape shape must stay int64
+    graph = helper.make_graph(
+        [helper.make_node("GatherElements", ["x", "idx"], ["g"], axis=1),
+         helper.make_node("Reshape", ["g", "shape"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])], [indices, other])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    before = ort_session(model).run(None, {"x": x})[0]
+    assert narrow_index_initializers(model) == 4 * 4
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    assert types == {"idx": TensorProto.INT32, "shape": TensorProto.INT64}
+    np.testing.assert_array_equal(ort_session(model).run(None, {"x": x})[0], before)
