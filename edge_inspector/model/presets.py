@@ -48,9 +48,9 @@ class ModelSpec(StrictModel):
     """Kernel of the first encoder conv (feature channels -> widths[0])."""
     stem_valid: bool = False
     """True: the stem conv is unpadded and shrinks the grid by stem_kernel - 1 (paper: 5x5, 64 -> 60)."""
-    widths: list[int] = [96, 96, 64, 48, 32]
+    widths: list[int] = [64, 64, 48, 32, 24]
     """Encoder widths: stem output, then the output of each bottleneck block; the last is the latent width."""
-    heads: list[int] = [4, 4, 4, 4]
+    heads: list[int] = [2, 2, 2, 2]
     """Attention heads per bottleneck block."""
     head_dim: int = Field(16, gt=0)
     kernels: list[int] = [3, 3, 3, 3]
@@ -61,7 +61,7 @@ class ModelSpec(StrictModel):
     """Attention key border around each block (cells); 2 * halo <= block."""
     attention: Literal["halo", "block_mean"] = "halo"
     """halo: correct local self-attention. block_mean: what the official code computes (ablation)."""
-    image_head_width: int = Field(32, gt=0)
+    image_head_width: int = Field(16, gt=0)
     """Channels of the image reconstruction head (training only)."""
 
     @property
