@@ -95,6 +95,10 @@ def run_eval(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
                                       manifest.input.pad_value, progress=progress)
         outputs = _bundle_predictions(model_path, engine_name, images, args.threads, progress)
     else:
+        if engine_name != "torch":
+            from edge_inspector.errors import ConfigError
+
+            raise ConfigError(f"--engine {engine_name} needs a bundle; export the checkpoint first (edge-inspector export)")
         outputs, images, masks = _checkpoint_predictions(model_path, category, args, progress)
     predictions, aggregation, topk_fraction, image_thr, pixel_thr, info = outputs
     result = evaluate_predictions(predictions, category, masks, aggregation, topk_fraction, image_thr, pixel_thr, info)
