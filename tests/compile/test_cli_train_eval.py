@@ -67,6 +67,10 @@ def test_eval_refuses_what_it_cannot_use(dataset, stand_in_bundle, tmp_path, cap
     assert "train/good is missing" in capsys.readouterr().err
     assert main(["eval", "--model", str(stand_in_bundle.path), "--data", str(dataset), "--engine", "torch"]) == 2
     assert "needs a training checkpoint" in capsys.readouterr().err
+    fake_checkpoint = tmp_path / "model.pt"
+    fake_checkpoint.write_bytes(b"")
+    assert main(["eval", "--model", str(fake_checkpoint), "--data", str(dataset), "--engine", "onnxruntime"]) == 2
+    assert "export the checkpoint first" in capsys.readouterr().err
 
 
 TINY = ["model.width=64", "model.height=64", "train.epochs=1", "train.batch_size=2", "train.holdout_fraction=0.25",
