@@ -97,6 +97,17 @@ def load_bundle(bundle_dir: str | Path, verify_hash: bool = True) -> Bundle:
     return Bundle(bundle_dir, manifest)
 
 
+def save_manifest(bundle_dir: str | Path, manifest: Manifest) -> Bundle:
+    """Replace a bundle's manifest (e.g. new thresholds); the graph must still be the one it names."""
+    bundle_dir = Path(bundle_dir)
+    if sha256_file(bundle_dir / manifest.graph.file) != manifest.graph.sha256:
+        raise BundleError(f"{bundle_dir}: refusing to write a manifest whose graph hash does not match the graph")
+    tmp = bundle_dir / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(yaml.safe_dump(manifest.model_dump(mode="json"), sort_keys=False))
+    tmp.replace(bundle_dir / MANIFEST_NAME)  # atomic: a reader never sees half a manifest
+    return Bundle(bundle_dir, manifest)
+
+
 def write_bundle(
     out_dir: str | Path,
     onnx_file: str | Path,

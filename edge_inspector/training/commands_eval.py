@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0 = every core)")
     parser.add_argument("--overlays", type=int, default=8, help="number of overlay images to write")
     add_threshold_arguments(parser)
+    parser.add_argument("--write-thresholds", action="store_true",
+                        help="store the F1-optimal image and pixel thresholds on this labelled set in the bundle "
+                             "(use a labelled calibration set, not the set you report on)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -106,10 +109,36 @@ def run_eval(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         ("model", args.model), ("data", args.data)))
     default_name = f"{info.get('model_id', model_path.stem)}-{category.name}"
     out = Path(args.out) if args.out else Path("runs") / "eval" / default_name
+    if args.write_thresholds:
+        result["written_thresholds"] = _write_f1_thresholds(model_path, is_bundle, category, predictions, masks)
     write_result(out, result)
     if args.overlays:
         write_overlays(out, category, images, predictions.maps, masks, predictions.scores, pixel_thr, args.overlays)
     return result, out
+
+
+def _write_f1_thresholds(model_path: Path, is_bundle: bool, category, predictions, masks) -> dict[str, float]:
+    """F1-optimal thresholds on this labelled set, written into the bundle's manifest."""
+    import numpy as np
+
+    from edge_inspector.bundle.store import load_bundle, save_manifest
+    from edge_inspector.bundle.thresholds import f1_threshold
+    from edge_inspector.errors import ConfigError
+
+    if not is_bundle:
+        raise ConfigError("--write-thresholds needs a bundle folder (a checkpoint has no manifest to write to)")
+    labels = np.array([sample.is_anomalous for sample in category.test])
+    image_thr, image_f1 = f1_threshold(predictions.scores, labels)
+    pixel_thr, pixel_f1 = f1_threshold(predictions.maps, masks)
+    bundle = load_bundle(model_path)
+    manifest = bundle.manifest.model_copy(deep=True)
+    manifest.thresholds.image, manifest.thresholds.image_method = image_thr, "f1"
+    manifest.thresholds.pixel, manifest.thresholds.pixel_method = pixel_thr, "f1"
+    manifest.thresholds.target_false_reject_rate = None
+    save_manifest(model_path, manifest)
+    print(f"thresholds  image {image_thr:.4g} (F1 {image_f1:.3f}), pixel {pixel_thr:.4g} (F1 {pixel_f1:.3f}) "
+          f"written to {model_path}")
+    return {"image": image_thr, "image_f1": image_f1, "pixel": pixel_thr, "pixel_f1": pixel_f1}
 
 
 def main(args: argparse.Namespace) -> int:

@@ -144,3 +144,22 @@ def test_train_refuses_bad_overrides_with_the_key_named(dataset, tmp_path, capsy
     assert main(["train", "--data", str(dataset), "--out", str(tmp_path / "b"), "train.holdout_fraction=0",
                  *TINY[:2]]) == 2
     assert "holdout_fraction is 0" in capsys.readouterr().err
+
+
+def test_eval_writes_f1_thresholds_from_a_labelled_set_into_the_bundle(dataset, stand_in_bundle, tmp_path):
+    bundle_dir = tmp_path / "b"
+    shutil.copytree(stand_in_bundle.path, bundle_dir)
+    before = load_bundle(bundle_dir).manifest.thresholds
+    args = ["eval", "--model", str(bundle_dir), "--data", str(dataset), "--no-progress", "--overlays", "0"]
+    assert main([*args, "--out", str(tmp_path / "first"), "--write-thresholds"]) == 0
+    first = json.loads((tmp_path / "first" / "result.json").read_text())
+    written = first["written_thresholds"]
+    after = load_bundle(bundle_dir).manifest.thresholds  # still loads: the graph and its hash are untouched
+    assert (after.image_method, after.pixel_method) == ("f1", "f1")
+    assert (after.image, after.pixel) == (written["image"], written["pixel"]) != (before.image, before.pixel)
+    # F1-optimal is at least as good as the calibrated threshold, and evaluating again at the written threshold
+    # reproduces the F1 it claimed.
+    assert written["image_f1"] >= first["metrics"]["overall"]["image_f1"]
+    assert main([*args, "--out", str(tmp_path / "second")]) == 0
+    second = json.loads((tmp_path / "second" / "result.json").read_text())
+    assert second["metrics"]["overall"]["image_f1"] == pytest.approx(written["image_f1"])

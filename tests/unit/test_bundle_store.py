@@ -74,3 +74,16 @@ def test_calibration_images_checked(bundle_dir):
     (bundle_dir / "calibration.npz").write_bytes(b"garbage")
     with pytest.raises(BundleError, match="unreadable"):
         load_bundle(bundle_dir).calibration_images()
+
+
+def test_save_manifest_replaces_thresholds_but_never_a_mismatched_graph(bundle_dir):
+    from edge_inspector.bundle.store import save_manifest
+
+    manifest = load_bundle(bundle_dir).manifest.model_copy(deep=True)
+    manifest.thresholds.image = 0.75
+    save_manifest(bundle_dir, manifest)
+    assert load_bundle(bundle_dir).manifest.thresholds.image == 0.75
+    manifest.graph.sha256 = "0" * 64
+    with pytest.raises(BundleError, match="graph hash does not match"):
+        save_manifest(bundle_dir, manifest)
+    assert load_bundle(bundle_dir).manifest.thresholds.image == 0.75
