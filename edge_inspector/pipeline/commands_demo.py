@@ -66,12 +66,16 @@ def main(args: argparse.Namespace) -> int:
                                     seed=args.seed)
         print(f"demo dataset written to {folder}")
         return 0
-    publish = broker_reachable(args.mqtt)
+    reachable = broker_reachable(args.mqtt)
+    # An unreachable broker switches publishing off (no spool for a demo); mqtt.enabled=false is still honoured.
     explicit = {"model": args.model, "source": "demo", "show": args.show, "station": "demo",
-                "mqtt": {"url": args.mqtt, "enabled": publish}, "archive": {"enabled": False}}
+                "mqtt": {"url": args.mqtt, **({} if reachable else {"enabled": False})}, "archive": {"enabled": False}}
     config = load_run_config(None, args.overrides, explicit)
-    print(f"demo line: {args.parts} parts of {args.texture}, model {config.model}; "
-          + (f"publishing to {args.mqtt}" if publish else f"no MQTT broker at {args.mqtt}, printing only"))
+    if config.mqtt.enabled:
+        destination = f"publishing to {args.mqtt}"
+    else:
+        destination = "MQTT off, printing only" if reachable else f"no MQTT broker at {args.mqtt}, printing only"
+    print(f"demo line: {args.parts} parts of {args.texture}, model {config.model}; {destination}")
     line = DemoLine(config.capture, parts=args.parts, defect_rate=args.defect_rate, texture=args.texture,
                     seed=args.seed, interval_s=args.interval)
     collector = CollectingSink()
