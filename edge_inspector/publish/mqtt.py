@@ -64,6 +64,15 @@ class PublisherHealth:
     last_error: str | None
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
 def _configure_tls(client: paho.Client, tls: TlsSettings | None, address: BrokerAddress, url: str) -> None:
     tls = checked_tls(tls, address, url)
     if tls is None:
@@ -134,7 +143,8 @@ class ResultPublisher:
             self._client.username_pw_set(username, password)
         self._client.will_set(self.topics.status, self._status_payload("offline"), qos=1, retain=True)
         self._client.reconnect_delay_set(*RECONNECT_DELAY_S)
-        self._client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        self._paho_log = logging.getLogger(f"{__name__}.paho")
+        self._client.enable_logger(self._paho_log)
         self._client.on_connect = self._handle_connect
         self._client.on_connect_fail = self._handle_connect_fail
         self._client.on_disconnect = self._handle_disconnect
@@ -201,8 +211,15 @@ class ResultPublisher:
             if self._connected.is_set():
                 info = self._client.publish(self.topics.status, self._status_payload("offline"), qos=1, retain=True)
                 info.wait_for_publish(timeout=2.0)
-            self._client.disconnect()
-            self._client.loop_stop()
+            # paho 2.2 logs "Client is not connected" as an error when its network loop wakes after this
+            # disconnect(); that is the expected end of the session, not a fault.
+            quiet = _DropMessage("Client is not connected")
+            self._paho_log.addFilter(quiet)
+            try:
+                self._client.disconnect()
+                self._client.loop_stop()
+            finally:
+                self._paho_log.removeFilter(quiet)
             self._thread = None
         pending = len(self._spool)
         self._spool.close()
