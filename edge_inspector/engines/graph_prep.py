@@ -63,6 +63,8 @@ class PreparationReport:
     bias_dq_folded: int = 0
     """INT32 bias DequantizeLinear nodes folded into float initializers."""
     int4_widened: int = 0
+    uint8_to_int8: int = 0
+    """uint8 zero-point-128 Q/DQ zero points rewritten as int8 zero point 0 (same grid)."""
     """INT4 initializers widened to INT8 containers."""
     warnings: list[str] = field(default_factory=list)
 
@@ -158,7 +160,7 @@ def make_qdq_tensorrt_ready(model: onnx.ModelProto) -> dict[str, int]:
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    counts = {"bias_dq_folded": 0, "int4_widened": 0}
+    counts = {"bias_dq_folded": 0, "int4_widened": 0, "uint8_to_int8": _uint8_grid_to_int8(graph, inits)}
     kept_nodes = []
     for node in graph.node:
         if node.op_type not in QDQ_OPS:
@@ -194,6 +196,22 @@ def make_qdq_tensorrt_ready(model: onnx.ModelProto) -> dict[str, int]:
     for tensor in unused:
         graph.initializer.remove(tensor)
     return counts
+
+
+def _uint8_grid_to_int8(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto]) -> int:
+    """Rewrite uint8 zero-point-128 Q/DQ (how HQS writes activations for ONNX Runtime's x86 kernels) as int8 zero
+    point 0: the same grid shifted by 128, so the dequantized values are identical, in the form TensorRT takes."""
+    zero_points = {n.input[2] for n in graph.node if n.op_type in QDQ_OPS and len(n.input) > 2 and n.input[2]}
+    rewritten = 0
+    for name in zero_points:
+        tensor = inits.get(name)
+        if tensor is None or tensor.data_type != TensorProto.UINT8:
+            continue
+        value = numpy_helper.to_array(tensor)
+        if np.all(value == 128):
+            tensor.CopyFrom(numpy_helper.from_array(np.zeros(value.shape, np.int8), name))
+            rewritten += 1
+    return rewritten
 
 
 def check_tensorrt_boundary(model: onnx.ModelProto) -> None:
@@ -296,6 +314,7 @@ def prepare_graph(
         inputs_cast_first=rewired,
         bias_dq_folded=qdq_rewrites["bias_dq_folded"],
         int4_widened=qdq_rewrites["int4_widened"],
+        uint8_to_int8=qdq_rewrites["uint8_to_int8"],
         warnings=warnings,
     )
     for warning in warnings:

@@ -173,6 +173,22 @@ def test_int32_bias_and_int4_weights_become_what_tensorrt_parses(tmp_path):
     assert verify_prepared(int4_bundle, out).passed
 
 
+def test_uint8_zero_point_128_activations_become_int8_on_the_same_grid(tmp_path):
+    """HQS bundles write activations as uint8 zero point 128 for ONNX Runtime; TensorRT gets int8 zero point 0."""
+    import onnxruntime as ort
+
+    model = conv_graph(16, 16, qdq=True)
+    zp = next(t for t in model.graph.initializer if t.name == "act_zp")
+    zp.CopyFrom(numpy_helper.from_array(np.array(128, np.uint8), "act_zp"))
+    prepared, report = prepare_graph(model, keep_fp32_nodes=[SOFTMAX_NODE])
+    assert report.uint8_to_int8 == 1
+    assert next(t for t in prepared.graph.initializer if t.name == "act_zp").data_type == TensorProto.INT8
+    image = np.random.default_rng(0).integers(0, 255, (1, 16, 16, 3), dtype=np.uint8)
+    outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": image})
+               for m in (model, prepared)]
+    np.testing.assert_allclose(outputs[1][1], outputs[0][1], rtol=2e-2)  # score: same grid, FP16 float parts
+
+
 def test_asymmetric_quantization_is_refused():
     model = conv_graph(16, 16, qdq=True)
     zp = next(t for t in model.graph.initializer if t.name == "act_zp")
