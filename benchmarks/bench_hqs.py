@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 from edge_inspector.data.folders import load_images, load_test_set, scan_category  # noqa: E402
 from edge_inspector.export.commands import holdout_split  # noqa: E402
 from edge_inspector.export.onnx_export import export_onnx  # noqa: E402
+from edge_inspector.bundle.graph_size import initializer_bytes  # noqa: E402
 from edge_inspector.export.qdq import (  # noqa: E402
     dedupe_initializers,
-    initializer_bytes,
     narrow_index_initializers,
     ort_session,
 )

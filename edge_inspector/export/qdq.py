@@ -340,15 +340,3 @@ def dedupe_initializers(model: onnx.ModelProto) -> int:
         del graph.initializer[:]
         graph.initializer.extend(kept)
     return len(rename)
-
-
-def initializer_bytes(model: onnx.ModelProto) -> int:
-    """Bytes the graph's stored tensors take (INT4 packed two per byte): the "weight bytes" of the benchmarks."""
-    total = 0
-    for t in model.graph.initializer:
-        n = int(np.prod(t.dims)) if len(t.dims) else 1
-        if t.data_type in (TensorProto.INT4, TensorProto.UINT4):
-            total += (n + 1) // 2
-        else:
-            total += n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-    return total

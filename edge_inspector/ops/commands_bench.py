@@ -68,18 +68,12 @@ class Row:
 def weight_bytes(bundle) -> int:
     """Bytes of the graph's stored tensors (INT4 packed two per byte); the manifest's figure when it has one."""
     import onnx
-    from onnx import TensorProto, helper
+
+    from edge_inspector.bundle.graph_size import initializer_bytes
 
     if bundle.manifest.quantization.weight_bytes is not None:
         return bundle.manifest.quantization.weight_bytes
-    total = 0
-    for tensor in onnx.load(str(bundle.onnx_path), load_external_data=False).graph.initializer:
-        count = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
-        if tensor.data_type in (TensorProto.INT4, TensorProto.UINT4):
-            total += (count + 1) // 2
-        else:
-            total += count * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    return total
+    return initializer_bytes(onnx.load(str(bundle.onnx_path), load_external_data=False))
 
 
 def precision(manifest) -> str:

@@ -18,10 +18,10 @@ import onnx
 import torch
 from torch import nn
 
+from edge_inspector.bundle.graph_size import initializer_bytes
 from edge_inspector.export.qdq import (
     conv_quant_from_module,
     dedupe_initializers,
-    initializer_bytes,
     insert_qdq,
     narrow_index_initializers,
     ort_session,

@@ -11,10 +11,10 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from edge_inspector.errors import ConfigError
+from edge_inspector.bundle.graph_size import initializer_bytes
 from edge_inspector.export.qdq import (
     conv_quant_from_module,
     dedupe_initializers,
-    initializer_bytes,
     insert_qdq,
     narrow_index_initializers,
     ort_session,
