@@ -20,6 +20,12 @@ class EngineOutput:
     """Raw image score."""
 
 
+def warmup_image(bundle, shape: tuple[int, int, int]) -> np.ndarray:
+    """The image engines warm up on: the bundle's first calibration image, else zeros of the input shape."""
+    images = bundle.calibration_images()
+    return images[0] if len(images) else np.zeros(shape, np.uint8)
+
+
 @runtime_checkable
 class Engine(Protocol):
     name: str

@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from edge_inspector.bundle.store import Bundle
 from edge_inspector.config import EngineSettings
-from edge_inspector.engines.base import EngineOutput
+from edge_inspector.engines.base import EngineOutput, warmup_image
 from edge_inspector.errors import BundleError, EngineError
 from edge_inspector.log import kv
 
@@ -110,8 +110,7 @@ class OrtEngine:
                 f"{where}: graph lacks output(s) {missing} named in the manifest (it has {sorted(outputs)})")
 
     def warmup(self, runs: int = 2) -> None:
-        images = self.bundle.calibration_images()
-        image = images[0] if len(images) else np.zeros(self._shape, np.uint8)
+        image = warmup_image(self.bundle, self._shape)
         for _ in range(runs):
             self.infer(image)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_inspector.bundle.plans import DeviceInfo, check_plan_matches, read_sidecar
 from edge_inspector.bundle.store import Bundle, sha256_file
-from edge_inspector.engines.base import EngineOutput
+from edge_inspector.engines.base import EngineOutput, warmup_image
 from edge_inspector.engines.cuda_buffers import CudaBuffers, gpu_info
 from edge_inspector.errors import BundleError, EngineError, MissingDependencyError
 from edge_inspector.log import kv
@@ -134,8 +134,7 @@ class TrtEngine:
         }
 
     def warmup(self, runs: int = 2) -> None:
-        images = self.bundle.calibration_images()
-        image = images[0] if len(images) else np.zeros(self._shape, np.uint8)
+        image = warmup_image(self.bundle, self._shape)
         for _ in range(runs):
             self.infer(image)
 
