@@ -47,7 +47,7 @@ from edge_inspector.quantization.calibrate import (  # noqa: E402
     qdq_graph,
     run_hqs,
 )
-from edge_inspector.quantization.defects import make_probe_set  # noqa: E402
+from edge_inspector.data.synthetic import make_probe_set  # noqa: E402
 from edge_inspector.quantization.qat import QatOptions, finetune  # noqa: E402
 from edge_inspector.quantization.units import apply_plan, set_mode  # noqa: E402
 from edge_inspector.training.metrics import image_auroc, pixel_auroc  # noqa: E402

@@ -55,6 +55,10 @@ class ScoreStats(StrictModel):
 
 
 class ScoreSpec(StrictModel):
+    head: Literal["reconstruction", "location", "fused"] = "reconstruction"
+    """Which map the graph outputs: HaloAE's reconstruction error, the location head's distance, or both fused."""
+    head_probe: dict[str, dict[str, float]] = {}
+    """When the head was chosen automatically: each candidate's image/pixel AUROC on the synthetic probe set."""
     aggregation: Literal["mean", "max", "topk"] = "mean"
     """How the graph reduces the anomaly map to the image score."""
     topk_fraction: float = Field(0.01, gt=0, le=1)

@@ -68,13 +68,12 @@ def bundle_from_model(
     from edge_inspector.data.folders import data_fingerprint, load_images
     from edge_inspector.export.onnx_export import ThresholdPolicy, export_bundle, thresholds_from_normal
     from edge_inspector.export.parity import check_parity
-    from edge_inspector.training.scoring import fit_normal_statistics, make_scorer
+    from edge_inspector.training.heads import build_scorer
 
     spec = preset.model
     fit_paths, holdout_paths = holdout_split(category, preset)
     holdout = load_images(holdout_paths, spec.width, spec.height, spec.resize, progress=progress, desc="holdout")
-    scorer = make_scorer(model, preset)
-    stats = fit_normal_statistics(scorer, holdout, progress=progress)
+    scorer, stats, choice = build_scorer(model, preset, holdout, progress=progress)
     thresholds = thresholds_from_normal(stats, ThresholdPolicy(image_frr, pixel_fpr))
     info = TrainingInfo(
         preset=preset.name,
@@ -89,7 +88,8 @@ def bundle_from_model(
         duration_s=duration_s,
     )
     name = f"{category.name}-{Path(preset.name).stem}"
-    bundle = export_bundle(scorer, out_dir, name, spec.resize, stats, thresholds, info, holdout)
+    bundle = export_bundle(scorer, out_dir, name, spec.resize, stats, thresholds, info, holdout,
+                           head_probe=choice.probe)
     parity = check_parity(scorer, bundle)
     return ExportSummary(bundle, parity, stats, scorer)
 
@@ -101,6 +101,8 @@ def print_summary(summary: ExportSummary) -> None:
           f"input {m.input.width}x{m.input.height} uint8 RGB, {m.input.resize})")
     print(f"holdout     {image.n} good training images kept out of fitting: image score mean {image.mean:.4g} "
           f"std {image.std:.4g} max {image.max:.4g}; pixel p99.9 {pixel.quantiles.get('0.999', float('nan')):.4g}")
+    probe = "; ".join(f"{head} {v['image_auroc']:.3f} / {v['pixel_auroc']:.3f}" for head, v in m.score.head_probe.items())
+    print(f"head        {m.score.head}" + (f" (chosen on synthetic defects, image / pixel AUROC: {probe})" if probe else ""))
     print(f"thresholds  image {m.thresholds.image:.4g} (target false-reject rate "
           f"{m.thresholds.target_false_reject_rate}), pixel {m.thresholds.pixel:.4g}; score = {m.score.aggregation}")
     parity = summary.parity

@@ -116,6 +116,7 @@ def export_bundle(
     training: TrainingInfo | None,
     calibration_images: np.ndarray,
     metrics: dict[str, float] | None = None,
+    head_probe: dict[str, dict[str, float]] | None = None,
 ) -> Bundle:
     """Export the graph and write the bundle folder (graph hash, manifest, calibration images).
 
@@ -124,6 +125,7 @@ def export_bundle(
         model_name: human part of the model id, e.g. 'magnetic_tile-haloae-lite'.
         resize: 'stretch' or 'letterbox', as the images were brought to the model size.
         calibration_images: uint8 (N, H, W, 3) held-back images; the first few ship for parity checks.
+        head_probe: each candidate head's probe-set figures when the head was chosen automatically.
     """
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="ei-export-") as tmp:
@@ -136,6 +138,8 @@ def export_bundle(
             graph=GraphSpec(file="model.onnx", sha256=digest, opset=OPSET),
             input=InputSpec(name=INPUT_NAME, width=scorer.width, height=scorer.height, resize=resize),
             score=ScoreSpec(
+                head=scorer.head,
+                head_probe=head_probe or {},
                 aggregation=scorer.aggregation,
                 topk_fraction=scorer.topk_fraction,
                 blur_sigma=scorer.blur_sigma,

@@ -140,10 +140,13 @@ class EfficientNetLite0(nn.Module):
         """Run the stem and blocks, returning the outputs of the blocks in ``indices``."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         out = {}
+        last = max(indices)
         for i, block in enumerate(self._blocks):
             x = block(x)
             if i in indices:
                 out[i] = x
+            if i == last:
+                break
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,8 +286,10 @@ class Backbone(nn.Module):
         return self
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        indices = {info.index for info in self.infos}
+    def forward(self, x: torch.Tensor, layers: list[str] | None = None) -> list[torch.Tensor]:
+        """The maps of ``layers`` (default: every layer this backbone was built for), running only as deep as needed."""
+        infos = self.infos if layers is None else [self.infos[self.layers.index(name)] for name in layers]
+        indices = {info.index for info in infos}
         if isinstance(self.net, EfficientNetLite0):
             found = self.net.forward_layers(x, indices)
         else:
@@ -293,4 +298,6 @@ class Backbone(nn.Module):
                 x = module(x)
                 if i in indices:
                     found[i] = x
-        return [found[info.index] for info in self.infos]
+                if i == max(indices):
+                    break
+        return [found[info.index] for info in infos]

@@ -4,6 +4,9 @@ uint8 RGB image -> ImageNet normalisation -> frozen multi-scale backbone map (ev
 grid, concatenated) -> encoder (stem conv + bottleneck blocks with local attention) -> latent -> mirrored decoder
 -> reconstructed feature map. The anomaly map is the channel mean of the squared feature error. Two heads exist only
 to shape training: an image reconstruction head and a CutPaste classifier on the latent.
+
+With ``spec.location`` set, the same backbone pass also feeds the location head (``model/location.py``): a fitted
+per-cell Gaussian of the features, whose distance map ``head_maps`` returns beside the reconstruction error.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from torch import nn
 
 from edge_inspector.model.attention import make_attention
 from edge_inspector.model.backbones import Backbone
+from edge_inspector.model.location import LocationGaussian
 from edge_inspector.model.presets import ModelSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,12 +66,12 @@ class HaloAE(nn.Module):
     def __init__(self, spec: ModelSpec, pretrained: bool = True):
         super().__init__()
         self.spec = spec
-        self.backbone = Backbone(spec.backbone, spec.layers, spec.vgg19_weights, pretrained)
+        self.backbone = Backbone(spec.backbone, spec.backbone_layers, spec.vgg19_weights, pretrained)
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
-        self.feature_channels = sum(self.backbone.channels)
+        self.feature_channels = sum(self.backbone.channels[: len(spec.layers)])
         # Per-channel standardisation of the backbone map, fitted on training images (``set_feature_statistics``):
         # raw Lite0 channels differ in scale by 10x+, and the squared error would otherwise be a few channels' error.
         self.register_buffer("feature_mean", torch.zeros(1, self.feature_channels, 1, 1))
@@ -86,6 +90,11 @@ class HaloAE(nn.Module):
         self.to_features = nn.Conv2d(w[0], self.feature_channels, spec.stem_kernel, padding=spec.stem_kernel // 2)
         self.image_head = self._image_head(spec)
         self.classifier = nn.Linear(2 * w[-1], CUTPASTE_CLASSES)
+        self.location: LocationGaussian | None = None
+        if spec.location is not None:
+            loc = spec.location
+            channels = sum(c for name, c in zip(spec.backbone_layers, self.backbone.channels) if name in loc.layers)
+            self.location = LocationGaussian(channels, spec.location_grid, loc.dims, loc.shrinkage, loc.blur_sigma)
 
     def _image_head(self, spec: ModelSpec) -> nn.Sequential:
         """Feature grid -> image: 1x1 conv, then (nearest x2 upsample + 3x3 conv) until the input size."""
@@ -104,19 +113,44 @@ class HaloAE(nn.Module):
         x = images.permute(0, 3, 1, 2).float()
         return (x - self.pixel_mean) / self.pixel_std
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def backbone_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised images -> every backbone layer the model uses, by name (one backbone pass)."""
+        return dict(zip(self.spec.backbone_layers, self.backbone(x)))
+
+    def features(self, x: torch.Tensor, maps: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Normalised images -> (B, C, gh, gw) frozen multi-scale feature map (avg-pooled or resized, concatenated)."""
-        gh, gw = self.spec.grid
-        maps = []
-        for fmap in self.backbone(x):
-            h, w = int(fmap.shape[-2]), int(fmap.shape[-1])
-            if (h, w) == (gh, gw):
-                maps.append(fmap)
-            elif h > gh:
-                maps.append(F.avg_pool2d(fmap, (h // gh, w // gw)))
-            else:
-                maps.append(F.interpolate(fmap, size=(gh, gw), mode="bilinear", align_corners=False))
-        return ((torch.cat(maps, dim=1) - self.feature_mean) / self.feature_std).detach()
+        own = self.backbone(x, self.spec.layers) if maps is None else [maps[name] for name in self.spec.layers]
+        grid = _to_grid(own, self.spec.grid)
+        return ((grid - self.feature_mean) / self.feature_std).detach()
+
+    def location_features(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The location head's (B, C, h, w) input grid from the backbone maps."""
+        return _to_grid([maps[name] for name in self.spec.location.layers], self.spec.location_grid)
+
+    def location_map(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 1, gh, gw) location-head distance, brought to the auto-encoder's grid (bilinear)."""
+        distance = self.location(self.location_features(maps))
+        return F.interpolate(distance, size=self.spec.grid, mode="bilinear", align_corners=False)
+
+    def head_maps(self, x: torch.Tensor, heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Normalised images -> raw maps on the auto-encoder grid for ``heads`` ('reconstruction', 'location')."""
+        maps = self.backbone_maps(x)
+        out = {}
+        if "reconstruction" in heads:
+            f = self.features(x, maps)
+            out["reconstruction"] = (f - self.reconstruct(f)).square().mean(dim=1, keepdim=True)
+        if "location" in heads:
+            if self.location is None:
+                raise ValueError("this model has no location head (model.location is not set)")
+            out["location"] = self.location_map(maps)
+        return out
+
+    @torch.no_grad()
+    def fit_location(self, images: torch.Tensor, batch_size: int = 16) -> None:
+        """Fit the location head on uint8 (N, H, W, 3) normal images (unflipped: positions are what it models)."""
+        grids = [self.location_features(self.backbone_maps(self.normalize(images[start : start + batch_size])))
+                 for start in range(0, len(images), batch_size)]
+        self.location.fit(torch.cat(grids))
 
     @torch.no_grad()
     def set_feature_statistics(self, images: torch.Tensor, batch_size: int = 16) -> None:
@@ -170,6 +204,21 @@ class HaloAE(nn.Module):
         n = x.shape[0] if n_decode is None else n_decode
         f_hat = self.decode(z[:n])
         return TrainOutput(f, f_hat, self.image_head(f_hat), self.classifier(pooled))
+
+
+def _to_grid(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+    """Average-pool finer maps and bilinearly resize coarser ones to ``grid``, then concatenate channels."""
+    gh, gw = grid
+    out = []
+    for fmap in maps:
+        h, w = int(fmap.shape[-2]), int(fmap.shape[-1])
+        if (h, w) == (gh, gw):
+            out.append(fmap)
+        elif h > gh:
+            out.append(F.avg_pool2d(fmap, (h // gh, w // gw)))
+        else:
+            out.append(F.interpolate(fmap, size=(gh, gw), mode="bilinear", align_corners=False))
+    return torch.cat(out, dim=1)
 
 
 def build_model(spec: ModelSpec, pretrained: bool = True) -> HaloAE:

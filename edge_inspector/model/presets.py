@@ -28,8 +28,23 @@ _LAYER_STRIDES = {
 }
 
 
+class LocationSpec(StrictModel):
+    """The location head (edge_inspector.model.location): a Gaussian of backbone features per cell of a coarse grid."""
+
+    layers: list[str] = ["stage4", "stage5", "stage6"]
+    """Backbone layers it models (pooled or resized to its grid, concatenated)."""
+    grid_stride: int = Field(32, gt=0)
+    """Input pixels per cell (32: an 8x8 grid at 256x256)."""
+    dims: int = Field(128, gt=0)
+    """PCA components kept; the head stores cells x dims x dims floats (1M for 8x8 x 128)."""
+    shrinkage: float = Field(0.01, ge=0)
+    """Added to each cell covariance's diagonal (standardised units)."""
+    blur_sigma: float = Field(0.5, ge=0)
+    """Smoothing of its map, in its own cells."""
+
+
 class ModelSpec(StrictModel):
-    """The network: backbone and feature grid, encoder/decoder layout, attention kind."""
+    """The network: backbone and feature grid, encoder/decoder layout, attention kind, optional location head."""
 
     backbone: Literal["efficientnet_lite0", "vgg19"] = "efficientnet_lite0"
     vgg19_weights: str | None = None
@@ -63,6 +78,20 @@ class ModelSpec(StrictModel):
     """halo: correct local self-attention. block_mean: what the official code computes (ablation)."""
     image_head_width: int = Field(16, gt=0)
     """Channels of the image reconstruction head (training only)."""
+    location: LocationSpec | None = None
+    """The location head; None leaves it out (score.head must then be 'reconstruction')."""
+
+    @property
+    def backbone_layers(self) -> list[str]:
+        """Every layer the backbone must deliver: the auto-encoder's, then the location head's."""
+        extra = [layer for layer in (self.location.layers if self.location else []) if layer not in self.layers]
+        return [*self.layers, *extra]
+
+    @property
+    def location_grid(self) -> tuple[int, int]:
+        """(height, width) of the location head's grid."""
+        stride = self.location.grid_stride if self.location else self.grid_stride
+        return self.height // stride, self.width // stride
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -79,7 +108,8 @@ class ModelSpec(StrictModel):
     def size_step(self) -> int:
         """Input sizes must be multiples of this (the coarsest stride among the grid and the layers)."""
         strides = _LAYER_STRIDES[self.backbone]
-        return max([self.grid_stride] + [strides.get(layer, 1) for layer in self.layers])
+        grid_strides = [self.grid_stride] + ([self.location.grid_stride] if self.location else [])
+        return max(grid_strides + [strides.get(layer, 1) for layer in self.backbone_layers])
 
     def fits(self, size: int) -> bool:
         """Whether an input side of ``size`` pixels gives a grid the attention blocks tile."""
@@ -97,6 +127,11 @@ class ModelSpec(StrictModel):
         unknown = [layer for layer in self.layers if layer not in strides]
         if unknown or not self.layers:
             raise ValueError(f"layers {unknown or '[]'} unknown for {self.backbone}; allowed: {', '.join(strides)}")
+        if self.location is not None:
+            unknown = [layer for layer in self.location.layers if layer not in strides]
+            if unknown or not self.location.layers:
+                raise ValueError(f"location.layers {unknown or '[]'} unknown for {self.backbone}; "
+                                 f"allowed: {', '.join(strides)}")
         blocks = len(self.widths) - 1
         if blocks < 1 or len(self.heads) != blocks or len(self.kernels) != blocks:
             raise ValueError(
@@ -152,9 +187,18 @@ class TrainSpec(StrictModel):
     loss: LossSchedule = LossSchedule()
 
 
-class ScoreSpec(StrictModel):
-    """How an anomaly map becomes an image score (consumed by evaluation and export)."""
+HEADS = ("auto", "reconstruction", "location", "fused")
 
+
+class ScoreSpec(StrictModel):
+    """Which map the model ships and how it becomes an image score (consumed by evaluation and export)."""
+
+    head: Literal["auto", "reconstruction", "location", "fused"] = "reconstruction"
+    """reconstruction: HaloAE's feature error (the paper's). location: the location head. fused: both, each
+    standardised on held-back good images, summed (reconstruction weighted by fused_weight). auto: whichever of the
+    three separates synthetic defects on held-back good images best (chosen at export, recorded in the manifest)."""
+    fused_weight: float = Field(1.0, ge=0)
+    """Weight of the reconstruction map in 'fused'."""
     aggregation: Literal["mean", "max", "topk"] = "mean"
     """mean: the paper's. max: the worst cell. topk: mean of the worst topk_fraction of cells."""
     topk_fraction: float = Field(0.01, gt=0.0, le=1.0)
@@ -169,6 +213,13 @@ class Preset(StrictModel):
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
     score: ScoreSpec = ScoreSpec()
+
+    @model_validator(mode="after")
+    def _check_head(self) -> Preset:
+        if self.score.head != "reconstruction" and self.model.location is None:
+            raise ValueError(f"score.head {self.score.head} needs the location head: set model.location "
+                             "(e.g. model.location.layers=[stage4,stage5,stage6]) or score.head=reconstruction")
+        return self
 
 
 def builtin_preset_data(name: str) -> dict:

@@ -27,7 +27,7 @@ from edge_inspector.export.qdq import (
     ort_session,
 )
 from edge_inspector.quantization.bitplan import UnitCost, allocate, capacity_bits, plan_bits, repair
-from edge_inspector.quantization.defects import ProbeSet
+from edge_inspector.data.synthetic import ProbeSet
 from edge_inspector.quantization.qat import QatOptions, QatReport, finetune
 from edge_inspector.quantization.report import plan_rows, write_plan
 from edge_inspector.quantization.sensitivity import Prober, measure_signals
@@ -39,6 +39,7 @@ from edge_inspector.quantization.units import (
     quant_modules,
     set_mode,
     tie_activation_ranges,
+    unused_convs,
     wrap_units,
 )
 
@@ -73,7 +74,8 @@ def prepare(scorer: nn.Module, calibration: np.ndarray, options: CalibrateOption
     scorer.eval()
     with torch.no_grad():
         fold_batchnorm(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
-    units = discover_units(scorer, skip=TRAINING_ONLY)
+    skip = TRAINING_ONLY + unused_convs(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
+    units = discover_units(scorer, skip=skip)
     wrap_units(scorer, units, options.observer, options.percentile)
     set_mode(scorer, "calibrate")
     with torch.no_grad():

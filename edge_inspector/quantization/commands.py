@@ -92,10 +92,11 @@ def main(args: argparse.Namespace) -> int:
         run_hqs,
         summary_of,
     )
-    from edge_inspector.quantization.defects import make_probe_set
+    from edge_inspector.data.synthetic import make_probe_set
     from edge_inspector.quantization.qat import QatOptions
     from edge_inspector.quantization.units import set_mode
-    from edge_inspector.training.scoring import fit_normal_statistics, make_scorer
+    from edge_inspector.training.heads import build_scorer
+    from edge_inspector.training.scoring import fit_normal_statistics
     from edge_inspector.training.trainer import load_checkpoint
 
     budget_bits = args.budget_bits if args.budget_bits is not None or args.budget_bytes is not None else 5.0
@@ -118,8 +119,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"model       {checkpoint} ({preset.name}); data {category.root}: {len(fit_paths)} fit, "
           f"{len(holdout_paths)} held back")
 
-    scorer = make_scorer(model, preset)
-    fit_normal_statistics(scorer, holdout, progress=options.progress)  # FP32 normal map: the signals' reference
+    # the head the FP32 bundle would ship, with its FP32 normal statistics: the signals' reference
+    scorer, _, choice = build_scorer(model, preset, holdout, progress=options.progress)
     probe = make_probe_set(holdout, options.n_probe_normal, options.n_probe_defects, options.seed)
     result = run_hqs(scorer, preset, fit_images, probe, options)
 
@@ -128,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
     name = f"{category.name}-{Path(preset.name).stem}-hqs"
     with tempfile.TemporaryDirectory(prefix="ei-calibrate-") as tmp:
         set_mode(scorer, "float")
-        fp32_bundle = export_bundle(scorer, Path(tmp) / "fp32", name, spec.resize, stats, thresholds, None, holdout)
+        fp32_bundle = export_bundle(scorer, Path(tmp) / "fp32", name, spec.resize, stats, thresholds, None, holdout,
+                                    head_probe=choice.probe)
         fp32_graph = onnx.load(str(fp32_bundle.onnx_path))
         dedupe_initializers(fp32_graph)  # the same lossless clean-ups the QDQ graph gets, for a fair size ratio
         narrow_index_initializers(fp32_graph)

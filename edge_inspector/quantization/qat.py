@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from edge_inspector.quantization.defects import synthetic_defects
+from edge_inspector.data.synthetic import synthetic_defects
 from edge_inspector.quantization.units import set_mode
 
 

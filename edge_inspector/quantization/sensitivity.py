@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from edge_inspector.quantization.defects import ProbeSet
+from edge_inspector.data.synthetic import ProbeSet
 from edge_inspector.quantization.fakequant import fake_quant_weight
 from edge_inspector.quantization.units import QuantUnit, apply_plan, quant_modules, set_mode
 
@@ -129,6 +129,8 @@ class Prober:
         model = getattr(self.scorer, "model", None)
         if not all(hasattr(model, a) for a in ("features", "reconstruct", "normalize")):
             return False
+        if getattr(self.scorer, "head", "reconstruction") != "reconstruction":
+            return False  # the location head reads other backbone layers: no shortcut
         return not any(p != "keep" and name.startswith(self._backbone_prefix) for name, p in plan.items())
 
     def _features(self, index: int, batch: torch.Tensor) -> torch.Tensor:
@@ -147,7 +149,7 @@ class Prober:
     def _from_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The scorer's outputs from given backbone features (same ops as ``scorer(images)`` after the backbone)."""
         error = (features - self.scorer.model.reconstruct(features)).square().mean(dim=1, keepdim=True)
-        anomaly_map = self.scorer.refine(error)
+        anomaly_map = self.scorer.refine({"reconstruction": error})
         return anomaly_map, self.scorer.score(anomaly_map)
 
     @staticmethod

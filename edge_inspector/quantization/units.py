@@ -56,6 +56,20 @@ def _convs(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]
             yield name, module
 
 
+@torch.no_grad()
+def unused_convs(model: nn.Module, example: torch.Tensor) -> tuple[str, ...]:
+    """Convs that one forward pass of ``model`` on ``example`` never runs (e.g. the auto-encoder when the scorer
+    ships the location head): they are not in the exported graph, so they are no quantization units."""
+    ran: set[str] = set()
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=name: ran.add(n)) for name, m in _convs(model)]
+    try:
+        model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return tuple(name for name, _ in _convs(model) if name not in ran)
+
+
 def discover_units(model: nn.Module, skip: tuple[str, ...] = ()) -> list[QuantUnit]:
     """All quantization units of ``model`` in module order, first and last conv pinned to >= 8 bits.
 
@@ -66,7 +80,8 @@ def discover_units(model: nn.Module, skip: tuple[str, ...] = ()) -> list[QuantUn
     grouped: set[str] = set()
     for name, module in model.named_modules():
         if name and _is_attention(module) and not any(name.startswith(s) for s in skip):
-            members = [n for n, _ in _convs(module, prefix=name) if n not in grouped]
+            members = [n for n, _ in _convs(module, prefix=name)
+                       if n not in grouped and not any(n.startswith(s) for s in skip)]
             if members:
                 grouped.update(members)
                 units.append(QuantUnit(name, members, "attention", 0))

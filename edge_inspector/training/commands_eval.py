@@ -46,6 +46,7 @@ def _bundle_predictions(path: Path, engine_name: str, images, threads: int, prog
         engine.close()
     m = bundle.manifest
     info = {"path": str(path), "model_id": m.model_id, "precision": m.quantization.precision,
+            "head": m.score.head,
             **({"preset": m.training.preset, "attention": m.training.attention} if m.training else {})}
     return predictions, m.score.aggregation, m.score.topk_fraction, m.thresholds.image, m.thresholds.pixel, info
 
@@ -57,7 +58,7 @@ def _checkpoint_predictions(path: Path, category, args: argparse.Namespace, prog
     from edge_inspector.export.commands import holdout_split
     from edge_inspector.export.onnx_export import ThresholdPolicy, thresholds_from_normal
     from edge_inspector.training.evaluate import predict_with_torch
-    from edge_inspector.training.scoring import fit_normal_statistics, make_scorer
+    from edge_inspector.training.heads import build_scorer
     from edge_inspector.training.trainer import load_checkpoint
 
     model, preset = load_checkpoint(path)
@@ -66,12 +67,11 @@ def _checkpoint_predictions(path: Path, category, args: argparse.Namespace, prog
     spec = preset.model
     _, holdout_paths = holdout_split(category, preset)
     holdout = load_images(holdout_paths, spec.width, spec.height, spec.resize, progress=progress, desc="holdout")
-    scorer = make_scorer(model, preset)
-    policy = ThresholdPolicy(args.target_frr, args.pixel_fpr)
-    thresholds = thresholds_from_normal(fit_normal_statistics(scorer, holdout), policy)
+    scorer, stats, choice = build_scorer(model, preset, holdout, progress=progress)
+    thresholds = thresholds_from_normal(stats, ThresholdPolicy(args.target_frr, args.pixel_fpr))
     images, masks = load_test_set(category, spec.width, spec.height, spec.resize, progress=progress)
     predictions = predict_with_torch(scorer, images, progress=progress)
-    info = {"path": str(path), "preset": preset.name, "attention": spec.attention}
+    info = {"path": str(path), "preset": preset.name, "attention": spec.attention, "head": choice.head}
     return (predictions, preset.score.aggregation, preset.score.topk_fraction, thresholds.image, thresholds.pixel,
             info), images, masks
 

@@ -2,11 +2,14 @@
 
 ``AnomalyScorer`` is the module that gets exported to ONNX::
 
-    uint8 (B, H, W, 3) RGB -> normalize -> error_map (channel-mean squared feature error, (B, 1, h, w))
-      -> minus the normal mean map (from held-back TRAINING images, never test images) -> abs
+    uint8 (B, H, W, 3) RGB -> normalize -> the head's raw map on the auto-encoder grid (B, 1, h, w):
+        reconstruction: channel-mean squared feature error minus the normal mean map, abs (the paper's)
+        location:       the location head's per-cell Mahalanobis distance (model/location.py)
+        fused:          both, each standardised by its mean/std on held-back good images, summed
       -> Gaussian blur (fixed depthwise conv, export-friendly) -> bilinear upsample to (H, W)
       -> anomaly_map (B, 1, H, W) and score (B,) = mean (paper) | max | top-k mean of the map
 
+Every normal statistic (mean map, fusion standardisation) comes from held-back TRAINING images, never test images.
 The score is aggregated from the upsampled map, so a score recomputed from the shipped map (``aggregate``) is the
 same number the graph gives.
 """
@@ -23,18 +26,11 @@ from torch import nn
 from tqdm import tqdm
 
 from edge_inspector.bundle.manifest import ScoreStats
+from edge_inspector.model.blur import blur, gaussian_kernel
 
 AGGREGATIONS = ("mean", "max", "topk")
+SCORING_HEADS = ("reconstruction", "location", "fused")
 STAT_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
-
-
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """Normalised 2-D Gaussian (1, 1, k, k) with radius ceil(2 sigma) (k = 3 for sigma 0.5, 5 for sigma 1)."""
-    radius = max(1, math.ceil(2 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = torch.outer(g, g)
-    return (kernel / kernel.sum()).view(1, 1, 2 * radius + 1, 2 * radius + 1)
 
 
 def topk_count(height: int, width: int, fraction: float) -> int:
@@ -55,15 +51,23 @@ def aggregate(maps: np.ndarray, how: str, topk_fraction: float) -> np.ndarray:
     raise ValueError(f"unknown aggregation {how!r}; allowed: {', '.join(AGGREGATIONS)}")
 
 
+def heads_needed(head: str) -> tuple[str, ...]:
+    """The raw maps a scoring head combines."""
+    return ("reconstruction", "location") if head == "fused" else (head,)
+
+
 class AnomalyScorer(nn.Module):
-    """Wraps a HaloAE-like model (``normalize``, ``error_map``) into raw anomaly map + score.
+    """Wraps a HaloAE-like model into raw anomaly map + score.
 
     Args:
-        model: module with ``normalize(uint8 (B,H,W,3)) -> (B,3,H,W)`` and ``error_map(x) -> (B,1,h,w)``.
+        model: module with ``normalize(uint8 (B,H,W,3)) -> (B,3,H,W)`` and ``error_map(x) -> (B,1,h,w)``; for the
+            'location' and 'fused' heads also ``head_maps(x, heads) -> {name: (B,1,h,w)}`` (HaloAE has both).
         height, width: the model input size (the map is upsampled to it).
         aggregation: 'mean' (paper), 'max' or 'topk'.
         topk_fraction: fraction of map pixels averaged by 'topk'.
         blur_sigma: Gaussian sigma on the error-map grid; 0 disables the blur.
+        head: 'reconstruction', 'location' or 'fused' (see the module docstring).
+        fused_weight: weight of the standardised reconstruction map in 'fused'.
     """
 
     def __init__(
@@ -74,31 +78,49 @@ class AnomalyScorer(nn.Module):
         aggregation: str = "mean",
         topk_fraction: float = 0.01,
         blur_sigma: float = 1.0,
+        head: str = "reconstruction",
+        fused_weight: float = 1.0,
     ):
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; allowed: {', '.join(AGGREGATIONS)}")
+        if head not in SCORING_HEADS:
+            raise ValueError(f"unknown scoring head {head!r}; allowed: {', '.join(SCORING_HEADS)}")
         self.model = model
         self.height, self.width = height, width
         self.aggregation = aggregation
         self.topk_fraction = topk_fraction
         self.blur_sigma = blur_sigma
-        self.register_buffer("blur_kernel", gaussian_kernel(blur_sigma) if blur_sigma > 0 else torch.ones(1, 1, 1, 1))
+        self.head = head
+        self.fused_weight = fused_weight
+        self.register_buffer("blur_kernel", gaussian_kernel(blur_sigma))
         # Filled by fit_normal_statistics; shape fixed there from the model's error-map grid.
         self.register_buffer("mean_map", torch.zeros(1, 1, 1, 1))
+        # mean and std of the reconstruction and location maps on normal images: what 'fused' standardises with
+        self.register_buffer("fusion_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
 
-    def raw_error(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, h, w) feature error before normal-map subtraction."""
-        return self.model.error_map(self.model.normalize(images))
+    def raw_maps(self, images: torch.Tensor, heads: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """(B, 1, h, w) raw maps of ``heads`` (default: those this scorer's head needs), before any normal statistic."""
+        heads = heads or heads_needed(self.head)
+        x = self.model.normalize(images)
+        if heads == ("reconstruction",):
+            return {"reconstruction": self.model.error_map(x)}
+        return self.model.head_maps(x, heads)
 
-    def refine(self, error: torch.Tensor) -> torch.Tensor:
-        """Subtract the normal map, take |.|, blur, upsample to the input size: (B, 1, H, W)."""
-        residual = torch.abs(error - self.mean_map)
-        pad = self.blur_kernel.shape[-1] // 2
-        if pad:
-            # Replicate padding keeps border values unbiased (zero padding would darken the map's rim).
-            residual = F.conv2d(F.pad(residual, (pad, pad, pad, pad), mode="replicate"), self.blur_kernel)
-        return F.interpolate(residual, size=(self.height, self.width), mode="bilinear", align_corners=False)
+    def combine(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The head's (B, 1, h, w) map from raw maps: normal-map subtraction, fusion."""
+        if self.head == "location":
+            return maps["location"]
+        residual = torch.abs(maps["reconstruction"] - self.mean_map)
+        if self.head == "reconstruction":
+            return residual
+        rec_mean, rec_std, loc_mean, loc_std = self.fusion_stats
+        return (maps["location"] - loc_mean) / loc_std + self.fused_weight * (residual - rec_mean) / rec_std
+
+    def refine(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Combine, blur, upsample to the input size: (B, 1, H, W)."""
+        combined = blur(self.combine(maps), self.blur_kernel)
+        return F.interpolate(combined, size=(self.height, self.width), mode="bilinear", align_corners=False)
 
     def score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         flat = anomaly_map.flatten(1)
@@ -111,7 +133,7 @@ class AnomalyScorer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, H, W, 3) RGB -> (anomaly_map (B, 1, H, W) float32, score (B,) float32)."""
-        anomaly_map = self.refine(self.raw_error(images))
+        anomaly_map = self.refine(self.raw_maps(images))
         return anomaly_map, self.score(anomaly_map)
 
 
@@ -154,31 +176,58 @@ def run_scorer(
 
 
 @torch.no_grad()
+def raw_maps_of(
+    scorer: AnomalyScorer, images: np.ndarray, heads: tuple[str, ...], batch_size: int = 8, progress: bool = False,
+    desc: str = "maps",
+) -> dict[str, torch.Tensor]:
+    """Raw (N, 1, h, w) maps of ``heads`` for uint8 (N, H, W, 3) images, in batches."""
+    scorer.eval()
+    parts: dict[str, list[torch.Tensor]] = {head: [] for head in heads}
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        for head, value in scorer.raw_maps(batch, heads).items():
+            parts[head].append(value)
+    return {head: torch.cat(values) for head, values in parts.items()}
+
+
+def fit_scorer_statistics(scorer: AnomalyScorer, raw: dict[str, torch.Tensor]) -> None:
+    """Set the normal mean map and the fusion standardisation from raw maps of held-back normal images."""
+    if "reconstruction" in raw:
+        scorer.mean_map = raw["reconstruction"].mean(dim=0, keepdim=True)
+    if "reconstruction" in raw and "location" in raw:
+        residual = torch.abs(raw["reconstruction"] - scorer.mean_map)
+        loc = raw["location"]
+        scorer.fusion_stats = torch.stack([residual.mean(), residual.std().clamp_min(1e-12),
+                                           loc.mean(), loc.std().clamp_min(1e-12)])
+
+
+@torch.no_grad()
 def fit_normal_statistics(
     scorer: AnomalyScorer, holdout: np.ndarray, batch_size: int = 8, progress: bool = False
 ) -> NormalStatistics:
-    """Set ``scorer.mean_map`` from held-back normal training images and measure their score distribution.
+    """Fit the scorer's normal statistics on held-back normal training images and measure their score distribution.
 
     Args:
         holdout: uint8 (N, H, W, 3) normal images that were NOT used for fitting (never test images).
     """
     if len(holdout) == 0:
         raise ValueError("normal statistics need at least one held-back training image")
-    scorer.eval()
-    total = None
-    for start in tqdm(range(0, len(holdout), batch_size), desc="normal map", disable=not progress, leave=False):
-        batch = torch.from_numpy(np.ascontiguousarray(holdout[start : start + batch_size]))
-        error = scorer.raw_error(batch).sum(dim=0, keepdim=True)
-        total = error if total is None else total + error
-    scorer.mean_map = total / len(holdout)
+    fit_scorer_statistics(scorer, raw_maps_of(scorer, holdout, heads_needed(scorer.head), batch_size, progress,
+                                              "normal map"))
     maps, scores = run_scorer(scorer, holdout, batch_size, progress, "normal stats")
     stride = max(1, maps.size // 1_000_000)
     pixel_sample = maps.ravel()[::stride].copy()
     return NormalStatistics(score_stats(scores), score_stats(maps), scores, pixel_sample)
 
 
-def make_scorer(model: nn.Module, preset) -> AnomalyScorer:
-    """An ``AnomalyScorer`` for ``model`` with the input size and score settings of ``preset`` (a model Preset)."""
+def make_scorer(model: nn.Module, preset, head: str | None = None) -> AnomalyScorer:
+    """An ``AnomalyScorer`` for ``model`` with the input size and score settings of ``preset`` (a model Preset).
+
+    ``head`` overrides ``preset.score.head``; 'auto' is not a head a scorer can run (``choose_head`` resolves it).
+    """
+    head = head or preset.score.head
+    if head == "auto":
+        raise ValueError("score.head 'auto' is resolved by choose_head on held-back images before a scorer is built")
     return AnomalyScorer(
         model,
         preset.model.height,
@@ -186,4 +235,6 @@ def make_scorer(model: nn.Module, preset) -> AnomalyScorer:
         preset.score.aggregation,
         preset.score.topk_fraction,
         preset.score.blur_sigma,
+        head,
+        preset.score.fused_weight,
     )

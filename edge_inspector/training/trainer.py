@@ -30,7 +30,8 @@ from edge_inspector.training.losses import haloae_loss, loss_weights
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "edge-inspector/haloae-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: the model holds the location head's fitted statistics."""
 FEATURE_STAT_IMAGES = 128
 """Training images used to fit the feature map's per-channel mean/std (enough for stable statistics)."""
 
@@ -90,6 +91,10 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise DataError(f"{path} is not a readable checkpoint: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path} is not an edge-inspector HaloAE checkpoint")
+    if doc.get("version") != CHECKPOINT_VERSION:
+        raise DataError(f"{path} is a version {doc.get('version')} checkpoint; this edge-inspector reads version "
+                        f"{CHECKPOINT_VERSION} (retrain with 'edge-inspector train', or use the edge-inspector "
+                        "release that wrote it)")
     return doc
 
 
@@ -167,6 +172,10 @@ def fit(
     else:
         stats_index = rng.permutation(len(images))[:FEATURE_STAT_IMAGES]
         model.set_feature_statistics(torch.from_numpy(images[np.sort(stats_index)]))
+        if model.location is not None:
+            # closed form on every fit image (no gradients); stored in every checkpoint with the weights
+            model.fit_location(torch.from_numpy(images))
+            log.info("location head fitted", extra=kv(images=len(images), grid=model.spec.location_grid))
 
     samples = spec.samples_per_epoch or len(images)
     steps_per_epoch = max(1, math.ceil(samples / spec.batch_size))

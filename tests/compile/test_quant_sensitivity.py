@@ -8,7 +8,7 @@ import torch
 
 from edge_inspector.model.haloae import build_model
 from edge_inspector.model.presets import load_preset
-from edge_inspector.quantization.defects import KINDS, make_probe_set, synthetic_defects
+from edge_inspector.data.synthetic import KINDS, make_probe_set, synthetic_defects
 from edge_inspector.quantization.sensitivity import (
     Prober,
     UnitSignals,
@@ -16,7 +16,7 @@ from edge_inspector.quantization.sensitivity import (
     hutchinson_traces,
     measure_signals,
 )
-from edge_inspector.quantization.units import discover_units, fold_batchnorm, set_mode, wrap_units
+from edge_inspector.quantization.units import discover_units, fold_batchnorm, set_mode, unused_convs, wrap_units
 from edge_inspector.training.scoring import AnomalyScorer, fit_normal_statistics
 
 
@@ -76,7 +76,9 @@ def test_signals_on_a_tiny_haloae():
     fit_normal_statistics(scorer, goods[:4])
     with torch.no_grad():
         fold_batchnorm(scorer, torch.from_numpy(goods[:1]))
-    units = discover_units(scorer, skip=("model.image_head", "model.classifier"))
+    unused = unused_convs(scorer, torch.from_numpy(goods[:1]))  # the location head and its backbone layers
+    units = discover_units(scorer, skip=("model.image_head", "model.classifier", *unused))
+    assert not any(u.name.startswith("model.location") for u in units) and len(units) == 25
     wrap_units(scorer, units)
     set_mode(scorer, "calibrate")
     with torch.no_grad():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from edge_inspector.model.blur import gaussian_kernel
 from edge_inspector.training.scoring import (
     AnomalyScorer,
     aggregate,
     fit_normal_statistics,
-    gaussian_kernel,
     run_scorer,
     topk_count,
 )
@@ -61,7 +61,7 @@ def test_mean_map_comes_from_the_holdout_and_is_subtracted():
     scorer = AnomalyScorer(StandInModel(), 32, 32, "mean", blur_sigma=0)
     stats = fit_normal_statistics(scorer, holdout, batch_size=4)
     with torch.no_grad():
-        expected = scorer.raw_error(torch.from_numpy(holdout)).mean(dim=0, keepdim=True)
+        expected = scorer.raw_maps(torch.from_numpy(holdout))["reconstruction"].mean(dim=0, keepdim=True)
     torch.testing.assert_close(scorer.mean_map, expected)
     assert stats.image.n == 6 and stats.pixel.n == 6 * 32 * 32
     assert stats.image.min <= stats.image.quantiles["0.5"] <= stats.image.max
@@ -77,8 +77,8 @@ def test_blur_spreads_a_single_hot_cell():
     scorer = AnomalyScorer(StandInModel(), 32, 32, "max", blur_sigma=1.0)
     error = torch.zeros(1, 1, 8, 8)
     error[0, 0, 4, 4] = 1.0
-    sharp = AnomalyScorer(StandInModel(), 32, 32, "max", blur_sigma=0).refine(error)
-    soft = scorer.refine(error)
+    sharp = AnomalyScorer(StandInModel(), 32, 32, "max", blur_sigma=0).refine({"reconstruction": error})
+    soft = scorer.refine({"reconstruction": error})
     assert soft.shape == sharp.shape == (1, 1, 32, 32)
     assert soft.max() < sharp.max() and (soft > 1e-3).sum() > (sharp > 1e-3).sum()
     # The blur keeps the total mass (normalised kernel, replicate padding away from the border).

@@ -1,4 +1,5 @@
-"""Synthetic defects with exact masks, made from good images: the probe set HQS scores units on.
+"""Synthetic defects with exact masks, made from good images: the probe set HQS scores units on and the
+scoring head is chosen on.
 
 Three kinds, cycled: CutPaste rectangles (a jittered patch moved elsewhere), scars (a thin rotated strip) and
 Perlin-noise texture pastes (a smooth random blob region filled with a shifted, contrast-changed copy of the image,
