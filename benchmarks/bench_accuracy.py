@@ -28,6 +28,7 @@ RESULTS = HERE / "results"
 README = HERE / "README.md"
 TABLE_START, TABLE_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
 BARS = {"image_auroc": 0.92, "pixel_auroc": 0.80}
+HEADS = ("reconstruction", "location", "fused")
 
 
 def machine() -> dict[str, str]:
@@ -84,10 +85,26 @@ def run_variant(args: argparse.Namespace, attention: str, stamp: str) -> dict:
     result = json.loads((eval_dir / "result.json").read_text())
     manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
     overall = result["metrics"]["overall"]
+    heads, head_commands = {}, []
+    if not args.no_heads:
+        # The same trained model scored with every head, side by side (export changes only score.*).
+        checkpoint = bundle.with_name(bundle.name + ".work") / "checkpoints" / "last.pt"
+        for head in HEADS:
+            head_bundle, head_eval = Path(args.work) / f"{tag}.{head}.bundle", Path(args.work) / f"{tag}.{head}.eval"
+            export_argv = ["export", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(head_bundle),
+                           "--no-progress", f"score.head={head}"]
+            head_eval_argv = ["eval", "--model", str(head_bundle), "--data", str(data), "--out", str(head_eval),
+                              "--threads", str(args.threads), "--overlays", "0", "--no-progress"]
+            if cli(export_argv) != 0 or cli(head_eval_argv) != 0:
+                raise SystemExit(f"scoring head {head} failed")
+            m = json.loads((head_eval / "result.json").read_text())["metrics"]["overall"]
+            heads[head] = {k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro")}
+            head_commands += [f"edge-inspector {shlex.join(export_argv)}", f"edge-inspector {shlex.join(head_eval_argv)}"]
     record = {
         "benchmark": "accuracy",
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "commands": [f"edge-inspector {shlex.join(train_argv)}", f"edge-inspector {shlex.join(eval_argv)}"],
+        "commands": [f"edge-inspector {shlex.join(train_argv)}", f"edge-inspector {shlex.join(eval_argv)}",
+                     *head_commands],
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine(), "load_average_at_start": load_at_start},
         "dataset": data.name,
@@ -105,6 +122,9 @@ def run_variant(args: argparse.Namespace, attention: str, stamp: str) -> dict:
         "aupro": overall["aupro"],
         "image_auroc_by_aggregation": {k: overall[f"image_auroc_{k}"] for k in ("mean", "max", "topk")},
         "score_aggregation": result["aggregation"],
+        "head": manifest["score"]["head"],
+        "head_probe": manifest["score"].get("head_probe", {}),
+        "heads_on_test": heads,
         "image_f1_at_threshold": overall.get("image_f1"),
         "image_f1_best": overall.get("image_f1_best"),
         "per_defect_type": {k: v for k, v in result["metrics"].items() if k != "overall"},
@@ -129,10 +149,13 @@ def _row(r: dict) -> str:
     scope = f"subset: {subset['max_train_images']} train imgs" if subset else "full"
     by = r.get("image_auroc_by_aggregation", {})
     nan = float("nan")
+    heads = r.get("heads_on_test") or {}
+    per_head = " · ".join(f"{h[:5]} {v['image_auroc']:.3f}/{v['pixel_auroc']:.3f}" for h, v in heads.items()) or "-"
     return (f"| {r['date'][:16].replace('T', ' ')} | {r['dataset']} | {r['model']} | "
-            f"{scope}, {train.get('epochs', '?')} ep | **{r['image_auroc']:.3f}** | **{r['pixel_auroc']:.3f}** | "
+            f"{scope}, {train.get('epochs', '?')} ep | {r.get('head', 'reconstruction')} | "
+            f"**{r['image_auroc']:.3f}** | **{r['pixel_auroc']:.3f}** | "
             f"{r['aupro']:.3f} | {by.get('mean', nan):.3f} / {by.get('max', nan):.3f} / {by.get('topk', nan):.3f} | "
-            f"{train.get('duration_s') or 0:.0f} s | {lat.get('mean', float('nan')):.0f} ms |")
+            f"{per_head} | {train.get('duration_s') or 0:.0f} s | {lat.get('mean', float('nan')):.0f} ms |")
 
 
 def update_readme() -> None:
@@ -145,9 +168,9 @@ def update_readme() -> None:
             latest[key] = record
     rows = sorted(latest.values(), key=lambda r: (bool(r.get("subset")), r["dataset"], r["model"]))
     table = "\n".join([
-        "| date (UTC) | dataset | model | scope | image AUROC | pixel AUROC | AUPRO | image AUROC mean / max / top-k "
-        "| training time | latency (ORT) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| date (UTC) | dataset | model | scope | head shipped | image AUROC | pixel AUROC | AUPRO "
+        "| image AUROC mean / max / top-k | every head: image / pixel AUROC | training time | latency (ORT) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row(r) for r in rows),
     ])
     text = README.read_text() if README.exists() else ""
@@ -168,6 +191,8 @@ def main() -> int:
     parser.add_argument("--work", default=str(HERE / "work"), help="bundles and eval output (git-ignored)")
     parser.add_argument("--resume", action="store_true", help="resume interrupted training runs")
     parser.add_argument("--readme-only", action="store_true", help="only rebuild the README table")
+    parser.add_argument("--no-heads", action="store_true",
+                        help="skip re-exporting the trained model with every scoring head")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="preset overrides, e.g. train.epochs=2")
     args = parser.parse_args()
     if not args.readme_only:

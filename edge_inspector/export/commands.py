@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="bundle folder to write")
     add_threshold_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("overrides", nargs="*", metavar="score.key=value",
+                        help="scoring overrides, e.g. score.head=location score.aggregation=max")
 
 
 @dataclass
@@ -114,10 +116,12 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from edge_inspector.data.folders import scan_category
+    from edge_inspector.model.presets import with_score_overrides
     from edge_inspector.training.trainer import load_checkpoint
 
     category = scan_category(args.data)
     model, preset = load_checkpoint(Path(args.checkpoint))
+    preset = with_score_overrides(preset, args.overrides)
     torch.set_num_threads(preset.train.threads or torch.get_num_threads())
     summary = bundle_from_model(model, preset, category, Path(args.out), args.target_frr, args.pixel_fpr,
                                 progress=not args.no_progress)

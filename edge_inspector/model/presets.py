@@ -249,3 +249,19 @@ def load_preset(name_or_path: str | None = None, overrides: list[str] | None = N
         data = deep_merge(data, parse_overrides(overrides))
         origin += " with overrides " + " ".join(overrides)
     return load_model(Preset, data, origin)
+
+
+def with_score_overrides(preset: Preset, overrides: list[str]) -> Preset:
+    """``preset`` with ``score.*`` overrides applied: how a trained model is scored can change without retraining.
+
+    Raises:
+        ConfigError: an override outside ``score.`` (model and training settings are fixed by the checkpoint).
+    """
+    fixed = [o for o in overrides if not o.startswith("score.")]
+    if fixed:
+        raise ConfigError(f"only score.* settings can change after training (got {' '.join(fixed)}); "
+                          "model.* and train.* come from the checkpoint")
+    if not overrides:
+        return preset
+    data = deep_merge(preset.model_dump(mode="json"), parse_overrides(overrides))
+    return load_model(Preset, data, f"checkpoint preset with overrides {' '.join(overrides)}")

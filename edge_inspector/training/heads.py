@@ -2,7 +2,7 @@
 
 ``score.head: auto`` picks among reconstruction, location and fused on a probe set made only from the held-back
 good training images: those images as normals plus one synthetic defect with an exact mask made from each
-(CutPaste, scar, Perlin paste; ``data/synthetic.py``). The head with the best mean of image and pixel AUROC wins;
+(one CutPaste, one scar and one Perlin paste each; ``data/synthetic.py``). The head with the best mean of image and pixel AUROC wins;
 every candidate's figures go into the manifest, so the choice can be checked. Test images are never used.
 """
 
@@ -26,6 +26,8 @@ from edge_inspector.training.scoring import (
 )
 
 PROBE_SEED = 0
+DEFECTS_PER_IMAGE = 3
+"""One of each synthetic kind per held-back image: with ~60 held-back images, ~180 defects steady the choice."""
 
 
 @dataclass
@@ -48,7 +50,8 @@ def choose_head(model: torch.nn.Module, preset, holdout: np.ndarray, progress: b
     needed = ("reconstruction", "location") if len(heads) > 1 else ("reconstruction",)
     normal = raw_maps_of(scorer, holdout, needed, progress=progress, desc="probe goods")
     fit_scorer_statistics(scorer, normal)
-    defects, masks = synthetic_defects(holdout, np.random.default_rng(PROBE_SEED))
+    bases = np.repeat(holdout, DEFECTS_PER_IMAGE, axis=0)  # synthetic_defects cycles the kinds over its inputs
+    defects, masks = synthetic_defects(bases, np.random.default_rng(PROBE_SEED))
     defective = raw_maps_of(scorer, defects, needed, progress=progress, desc="probe defects")
     raw = {name: torch.cat([normal[name], defective[name]]) for name in needed}
     labels = np.r_[np.zeros(len(holdout), bool), np.ones(len(defects), bool)]
