@@ -55,7 +55,7 @@ def choose_head(model: torch.nn.Module, preset, holdout: np.ndarray, progress: b
     defective = raw_maps_of(scorer, defects, needed, progress=progress, desc="probe defects")
     raw = {name: torch.cat([normal[name], defective[name]]) for name in needed}
     labels = np.r_[np.zeros(len(holdout), bool), np.ones(len(defects), bool)]
-    all_masks = np.concatenate([np.zeros_like(masks), masks])[:, ::2, ::2]
+    all_masks = np.concatenate([np.zeros((len(holdout), *masks.shape[1:]), bool), masks])[:, ::2, ::2]
     probe = {}
     for head in heads:
         scorer.head = head
