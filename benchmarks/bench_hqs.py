@@ -45,13 +45,15 @@ from edge_inspector.quantization.calibrate import (  # noqa: E402
     latency_p50_ms,
     prepare,
     qdq_graph,
+    refit_location,
     run_hqs,
 )
 from edge_inspector.data.synthetic import make_probe_set  # noqa: E402
 from edge_inspector.quantization.qat import QatOptions, finetune  # noqa: E402
 from edge_inspector.quantization.units import apply_plan, set_mode  # noqa: E402
 from edge_inspector.training.metrics import image_auroc, pixel_auroc  # noqa: E402
-from edge_inspector.training.scoring import fit_normal_statistics, make_scorer  # noqa: E402
+from edge_inspector.training.heads import choose_head  # noqa: E402
+from edge_inspector.training.scoring import fit_normal_statistics, heads_needed, make_scorer  # noqa: E402
 from edge_inspector.training.trainer import load_checkpoint  # noqa: E402
 
 
@@ -67,6 +69,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--latency-runs", type=int, default=10, help="timed runs per round (median kept)")
     p.add_argument("--latency-rounds", type=int, default=5, help="rounds over all variants (median of rounds)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--head", choices=["reconstruction", "location", "fused"], default=None,
+                   help="scoring head of every variant (default: the checkpoint preset's, chosen as export does)")
     p.add_argument("--variants", default="fp32,fp32_ft,w8a8,w4a8,ort_static,hqs,hqs_small")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     return p.parse_args()
@@ -121,6 +125,9 @@ def main() -> int:
                                n_probe_defects=args.probe_images, hessian_samples=args.hessian_samples,
                                qat=QatOptions(steps=args.qat_steps), threads=args.threads)
     calibration = fit_images[np.random.default_rng(0).permutation(len(fit_images))[: options.n_calibration]]
+    # every variant scores with the head the FP32 bundle ships (chosen as export chooses it, when auto)
+    head = args.head or (choose_head(model, preset, holdout).head if preset.score.head == "auto" else preset.score.head)
+    print(f"scoring head {head}", flush=True)
     results, notes = [], {}
     with tempfile.TemporaryDirectory(prefix="ei-bench-hqs-") as tmp:
         work = Path(tmp)
@@ -143,7 +150,7 @@ def main() -> int:
             print(f"--- {variant}", flush=True)
             if variant == "hqs_small" and hqs_scorer is None:
                 raise SystemExit("hqs_small reuses the hqs model: list hqs before it in --variants")
-            scorer = make_scorer(copy.deepcopy(model), preset) if variant != "hqs_small" else hqs_scorer
+            scorer = make_scorer(copy.deepcopy(model), preset, head) if variant != "hqs_small" else hqs_scorer
             if variant != "hqs_small":
                 fit_normal_statistics(scorer, holdout)
             quantized = variant in ("w8a8", "w4a8", "hqs")
@@ -154,6 +161,8 @@ def main() -> int:
                 apply_plan(scorer, units, {u.name: "w8a8" if variant == "w8a8" or u.min_bits > 4 else "w4a8"
                                            for u in units})
                 set_mode(scorer, "quant")
+                if "location" in heads_needed(head):  # the same closed-form stage 2 HQS gets
+                    refit_location(scorer, fit_images)
             elif variant == "hqs":  # hqs_small below reuses this model
                 probe = make_probe_set(holdout, options.n_probe_normal, options.n_probe_defects)
                 result = run_hqs(scorer, preset, fit_images, probe, options)
@@ -215,6 +224,7 @@ def main() -> int:
         "dataset": str(args.data),
         "n_test": int(len(test_images)),
         "subset": bool(args.max_test),
+        "head": head,
         "settings": {"budget_bits": args.budget_bits, "qat_steps": args.qat_steps, "probe_images": args.probe_images,
                      "hessian_samples": args.hessian_samples, "model": str(args.model)},
         "results": results,

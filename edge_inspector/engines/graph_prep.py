@@ -63,9 +63,11 @@ class PreparationReport:
     bias_dq_folded: int = 0
     """INT32 bias DequantizeLinear nodes folded into float initializers."""
     int4_widened: int = 0
+    """INT4 initializers widened to INT8 containers."""
+    blocked_dq_folded: int = 0
+    """Blocked (weight-only) DequantizeLinear nodes folded into float initializers."""
     uint8_to_int8: int = 0
     """uint8 zero-point-128 Q/DQ zero points rewritten as int8 zero point 0 (same grid)."""
-    """INT4 initializers widened to INT8 containers."""
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -73,7 +75,8 @@ class PreparationReport:
             "opset": self.opset, "converted_nodes": self.converted_nodes, "fp32_nodes": self.fp32_nodes,
             "qdq_nodes": self.qdq_nodes, "casts_added": self.casts_added,
             "inputs_cast_first": self.inputs_cast_first, "bias_dq_folded": self.bias_dq_folded,
-            "int4_widened": self.int4_widened, "warnings": self.warnings,
+            "int4_widened": self.int4_widened, "blocked_dq_folded": self.blocked_dq_folded,
+            "warnings": self.warnings,
         }
 
 
@@ -154,13 +157,17 @@ def make_qdq_tensorrt_ready(model: onnx.ModelProto) -> dict[str, int]:
       TensorRT only dequantizes activation types, so the bias is folded into a float initializer (same values).
     * INT4 weight initializers: TensorRT takes INT4 only as weight-only MatMul/Gemm, never conv; the 4-bit codes
       are widened to INT8 containers (same grid, same values).
+    * Blocked ``DequantizeLinear`` of a constant (the location head's INT8 precision factors, weight-only): TensorRT
+      parses blocked quantization only for INT4 weights, so it is folded into a float initializer (same values;
+      the FP16 conversion then stores it in half the FP32 bytes).
 
     Raises:
         BundleError: a Q/DQ with a non-zero or unsigned zero point (TensorRT quantization is symmetric INT8).
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    counts = {"bias_dq_folded": 0, "int4_widened": 0, "uint8_to_int8": _uint8_grid_to_int8(graph, inits)}
+    counts = {"bias_dq_folded": 0, "int4_widened": 0, "blocked_dq_folded": 0,
+              "uint8_to_int8": _uint8_grid_to_int8(graph, inits)}
     kept_nodes = []
     for node in graph.node:
         if node.op_type not in QDQ_OPS:
@@ -173,6 +180,19 @@ def make_qdq_tensorrt_ready(model: onnx.ModelProto) -> dict[str, int]:
                 "needs symmetric signed quantization (int8, zero point 0). Re-quantize symmetrically."
             )
         source = inits.get(node.input[0])
+        block = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+        if node.op_type == "DequantizeLinear" and source is not None and block:
+            codes = numpy_helper.to_array(source).astype(np.float64)
+            scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % codes.ndim
+            def per_element(blocks: np.ndarray) -> np.ndarray:
+                return np.repeat(blocks, block, axis=axis)[tuple(slice(0, d) for d in codes.shape)]
+
+            scale = per_element(scale)
+            offset = per_element(zero_point.astype(np.float64)) if zero_point is not None else 0.0
+            graph.initializer.append(numpy_helper.from_array(((codes - offset) * scale).astype(np.float32), node.output[0]))
+            counts["blocked_dq_folded"] += 1
+            continue
         if node.op_type == "DequantizeLinear" and source is not None and source.data_type == TensorProto.INT32:
             codes = numpy_helper.to_array(source).astype(np.float64)
             scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
@@ -314,6 +334,7 @@ def prepare_graph(
         inputs_cast_first=rewired,
         bias_dq_folded=qdq_rewrites["bias_dq_folded"],
         int4_widened=qdq_rewrites["int4_widened"],
+        blocked_dq_folded=qdq_rewrites["blocked_dq_folded"],
         uint8_to_int8=qdq_rewrites["uint8_to_int8"],
         warnings=warnings,
     )

@@ -47,6 +47,8 @@ class LocationGaussian(nn.Module):
         self.register_buffer("cell_precision_factor", torch.eye(dims).expand(cells, dims, dims).clone())
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.register_buffer("blur_kernel", gaussian_kernel(blur_sigma))
+        self.factor_codes: tuple[torch.Tensor, torch.Tensor] | None = None
+        """Set by ``quantize_precision_factor``: the INT8 codes and scales a QDQ graph stores."""
 
     @torch.no_grad()
     def fit(self, features: torch.Tensor) -> None:
@@ -74,6 +76,21 @@ class LocationGaussian(nn.Module):
         self.cell_precision_factor.copy_(torch.linalg.cholesky(precision).float())
         self.cell_mean.copy_(cell_mean.float())
         self.fitted.fill_(True)
+        self.factor_codes = None
+
+    @torch.no_grad()
+    def quantize_precision_factor(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Round the precision factors to INT8 with one symmetric scale per (cell, output column), in place.
+
+        Returns (codes int8 (cells, dims, dims), scales (cells, 1, dims)): what the QDQ graph stores (weight-only:
+        ONNX Runtime dequantizes it once). The head then computes exactly what that graph computes.
+        """
+        factor = self.cell_precision_factor
+        scales = (factor.abs().amax(dim=1, keepdim=True) / 127).clamp_min(1e-30)
+        codes = torch.round(factor / scales).clamp(-127, 127)
+        self.cell_precision_factor.copy_(codes * scales)
+        self.factor_codes = (codes.to(torch.int8), scales)
+        return self.factor_codes
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, _, h, w = features.shape

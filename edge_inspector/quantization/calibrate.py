@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from edge_inspector.bundle.graph_size import initializer_bytes
+from edge_inspector.data.synthetic import ProbeSet
 from edge_inspector.export.qdq import (
+    blocked_int8_weight,
     conv_quant_from_module,
     dedupe_initializers,
     insert_qdq,
@@ -27,7 +29,6 @@ from edge_inspector.export.qdq import (
     ort_session,
 )
 from edge_inspector.quantization.bitplan import UnitCost, allocate, capacity_bits, plan_bits, repair
-from edge_inspector.data.synthetic import ProbeSet
 from edge_inspector.quantization.qat import QatOptions, QatReport, finetune
 from edge_inspector.quantization.report import plan_rows, write_plan
 from edge_inspector.quantization.sensitivity import Prober, measure_signals
@@ -42,6 +43,7 @@ from edge_inspector.quantization.units import (
     unused_convs,
     wrap_units,
 )
+from edge_inspector.training.scoring import heads_needed
 
 TRAINING_ONLY = ("model.image_head", "model.classifier")
 """Heads that only shape training: not exported, never quantized."""
@@ -74,7 +76,8 @@ def prepare(scorer: nn.Module, calibration: np.ndarray, options: CalibrateOption
     scorer.eval()
     with torch.no_grad():
         fold_batchnorm(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
-    skip = TRAINING_ONLY + unused_convs(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
+    # the location head is refitted on the quantized features instead (refit_location)
+    skip = TRAINING_ONLY + ("model.location",) + unused_convs(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
     units = discover_units(scorer, skip=skip)
     wrap_units(scorer, units, options.observer, options.percentile)
     set_mode(scorer, "calibrate")
@@ -109,10 +112,17 @@ def latency_p50_ms(model: onnx.ModelProto, image: np.ndarray, runs: int, threads
     return float(np.median(times))
 
 
+LOCATION_FACTOR = "model.location.cell_precision_factor"
+
+
 def qdq_graph(scorer: nn.Module, fp32: onnx.ModelProto, small: bool) -> onnx.ModelProto:
     """The QDQ graph of a calibrated, bit-planned scorer (``fp32`` exported from the same scorer)."""
     convs = {n: conv_quant_from_module(m) for n, m in quant_modules(scorer).items() if m.precision != "keep"}
     graph = insert_qdq(fp32, convs, small=small)
+    location = getattr(scorer.model, "location", None)
+    if "location" in heads_needed(scorer.head) and location is not None and location.factor_codes is not None:
+        codes, scales = location.factor_codes
+        blocked_int8_weight(graph, LOCATION_FACTOR, codes.numpy(), scales.numpy(), axis=1)
     dedupe_initializers(graph)
     narrow_index_initializers(graph)
     return graph
@@ -175,7 +185,13 @@ def run_hqs(
     repaired = repair(costs, allocated, lambda plan: auroc_drop(prober, plan)[0], options.tolerance)
     apply_plan(scorer, units, repaired.plan)
     set_mode(scorer, "quant")
-    qat_report = finetune(scorer, fit_images, preset, options.qat, quantized=True, progress=options.progress)
+    heads = heads_needed(scorer.head)
+    if "reconstruction" in heads:
+        qat_report = finetune(scorer, fit_images, preset, options.qat, quantized=True, progress=options.progress)
+    else:  # the shipped graph holds no auto-encoder: nothing in it trains (the backbone is frozen)
+        qat_report = QatReport(steps=0, losses={})
+    if "location" in heads:
+        refit_location(scorer, fit_images)
     # QAT moved the weights: the reference stays the FP32 model the prober measured first
     _, metrics_hqs = auroc_drop(prober, repaired.plan)
     apply_plan(scorer, units, repaired.plan)
@@ -183,6 +199,15 @@ def run_hqs(
     return HqsResult(units, signals, repaired.plan, allocated, repaired, qat_report,
                      prober.metrics(prober.reference), metrics_hqs, sum(u.params for u in units),
                      plan_bits(costs, repaired.plan), plan_rows(units, signals, repaired.plan))
+
+
+@torch.no_grad()
+def refit_location(scorer: nn.Module, fit_images: np.ndarray) -> None:
+    """Stage 2 for the location head: refit its Gaussians on the *quantized* backbone's features (the closed-form
+    counterpart of QAT: the statistics absorb the quantization shift), then round its precision factors to INT8."""
+    model = scorer.model
+    model.fit_location(torch.from_numpy(np.ascontiguousarray(fit_images)))
+    model.location.quantize_precision_factor()
 
 
 def summary_of(result: HqsResult, options: CalibrateOptions) -> dict[str, Any]:

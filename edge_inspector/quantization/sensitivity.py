@@ -279,7 +279,8 @@ def measure_signals(
         groups = {k: v for k, v in groups.items() if v}
         apply_plan(scorer, units, {})
         set_mode(scorer, "float")
-        traces = hutchinson_traces(reconstruction_loss, groups, hessian_samples)
+        # no trainable unit (a location-head graph is the frozen backbone alone): no curvature term to measure
+        traces = hutchinson_traces(reconstruction_loss, groups, hessian_samples) if groups else {}
         for s, u in zip(signals, units):
             if u.name in traces:
                 s.hessian_trace = traces[u.name]

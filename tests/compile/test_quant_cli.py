@@ -15,7 +15,7 @@ from edge_inspector.training.trainer import save_checkpoint
 from tests.fixtures.synthetic_dataset import write_synthetic_category
 
 OVERRIDES = ["model.width=64", "model.height=64", "model.layers=[stage2]", "model.widths=[32,32,16]",
-             "model.heads=[2,2]", "model.kernels=[3,3]", "train.holdout_fraction=0.35"]
+             "model.heads=[2,2]", "model.kernels=[3,3]", "train.holdout_fraction=0.35", "score.head=reconstruction"]
 
 
 @pytest.mark.slow
@@ -55,3 +55,35 @@ def test_calibrate_refuses_a_missing_model(tmp_path, capsys):
     rc = cli.main(["calibrate", "--model", str(tmp_path / "bundle"), "--data", str(tmp_path), "--out",
                    str(tmp_path / "o")])
     assert rc == 2 and "without a training checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_calibrate_a_location_head_bundle_refits_the_head_and_stores_int8_factors(tmp_path, capsys):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    data = write_synthetic_category(tmp_path / "tiles", n_train=14, n_test_good=1, n_test_defect=1)
+    preset = load_preset("haloae-lite", [*OVERRIDES[:-1], "score.head=location", "model.location.grid_stride=16",
+                                         "model.location.dims=8"])
+    model = build_model(preset.model)
+    from edge_inspector.data.folders import load_images, scan_category
+
+    images = load_images(scan_category(data).train, 64, 64)
+    model.set_feature_statistics(torch.from_numpy(images))
+    model.fit_location(torch.from_numpy(images))
+    checkpoint = save_checkpoint(tmp_path / "model.pt", model, preset)
+    out = tmp_path / "hqs"
+    rc = cli.main(["calibrate", "--model", str(checkpoint), "--data", str(data), "--out", str(out),
+                   "--budget-bits", "6", "--qat-steps", "2", "--probe-images", "2", "--calibration-images", "4",
+                   "--hessian-samples", "1", "--threads", "1", "--no-progress", "--plan-dir", str(tmp_path / "p")])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    bundle = load_bundle(out)
+    assert bundle.manifest.score.head == "location"
+    plan = bundle.manifest.quantization.bit_plan
+    # only what the location graph runs: backbone convs (Lite0 up to stage6); no auto-encoder, no head projection
+    assert plan and all(name.startswith("model.backbone") for name in plan)
+    graph = onnx.load(str(bundle.onnx_path))
+    blocked = [n for n in graph.graph.node if n.op_type == "DequantizeLinear"
+               and any(a.name == "block_size" for a in n.attribute)]
+    assert [n.output[0] for n in blocked] == ["model.location.cell_precision_factor"]
+    assert not any(n.op_type == "Softmax" for n in graph.graph.node)

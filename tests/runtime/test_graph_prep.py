@@ -233,3 +233,32 @@ def test_bundle_without_calibration_images_cannot_be_verified(tmp_path):
     prepare_bundle_graph(bundle, out)
     with pytest.raises(BundleError, match="no calibration images"):
         verify_prepared(bundle, out)
+
+
+def test_blocked_weight_only_dq_is_folded_to_float_for_tensorrt():
+    """The location head's INT8 precision factors (blocked DequantizeLinear) become a float constant, same values."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-127, 128, (4, 3, 3)).astype(np.int8)
+    scales = rng.uniform(0.01, 0.1, (4, 1, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["x", "shape"], ["cells"]),
+        helper.make_node("DequantizeLinear", ["f_int8", "f_scale"], ["f"], axis=1, block_size=3, name="f_dq"),
+        helper.make_node("MatMul", ["cells", "f"], ["y"]),
+        helper.make_node("ReduceSum", ["y"], ["score"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "blocked", [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 2, 2, 3])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(codes, "f_int8"), numpy_helper.from_array(scales, "f_scale"),
+         numpy_helper.from_array(np.array([4, 1, 3], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    prepared, report = prepare_graph(model, keep_fp32_nodes=[])
+    assert report.blocked_dq_folded == 1
+    assert not any(n.op_type == "DequantizeLinear" for n in prepared.graph.node)
+    image = rng.integers(0, 255, (1, 2, 2, 3), dtype=np.uint8)
+    outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": image})
+               for m in (model, prepared)]
+    np.testing.assert_allclose(outputs[1][0], outputs[0][0], rtol=2e-3)
