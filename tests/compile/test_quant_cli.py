@@ -61,7 +61,9 @@ def test_calibrate_refuses_a_missing_model(tmp_path, capsys):
 def test_calibrate_a_location_head_bundle_refits_the_head_and_stores_int8_factors(tmp_path, capsys):
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    data = write_synthetic_category(tmp_path / "tiles", n_train=14, n_test_good=1, n_test_defect=1)
+    # more fit images than head dims: with fewer, each cell's covariance is mostly shrinkage and the distance
+    # magnifies single-code rounding differences between ORT's integer kernels and torch
+    data = write_synthetic_category(tmp_path / "tiles", n_train=40, n_test_good=1, n_test_defect=1)
     preset = load_preset("haloae-lite", [*OVERRIDES[:-1], "score.head=location", "model.location.grid_stride=16",
                                          "model.location.dims=8"])
     model = build_model(preset.model)
@@ -87,3 +89,6 @@ def test_calibrate_a_location_head_bundle_refits_the_head_and_stores_int8_factor
                and any(a.name == "block_size" for a in n.attribute)]
     assert [n.output[0] for n in blocked] == ["model.location.cell_precision_factor"]
     assert not any(n.op_type == "Softmax" for n in graph.graph.node)
+    summary = yaml.safe_load((tmp_path / "p" / "tiles-haloae-lite-hqs.yaml").read_text())["summary"]
+    # ONNX Runtime runs the fake-quant torch model's numbers, INT8 factors included
+    assert summary["parity"]["max_score_diff"] < 1e-3 and summary["qat_steps"] == 0
