@@ -203,19 +203,32 @@ def make_qdq_tensorrt_ready(model: onnx.ModelProto) -> dict[str, int]:
             graph.initializer.append(numpy_helper.from_array(((codes - offset) * scale).astype(np.float32), node.output[0]))
             counts["bias_dq_folded"] += 1
             continue
-        for name in node.input[0::2]:  # the quantized input and the zero point
-            tensor = inits.get(name)
-            if tensor is not None and tensor.data_type == TensorProto.INT4:
-                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.int8), name))
-                counts["int4_widened"] += 1
         kept_nodes.append(node)
     del graph.node[:]
     graph.node.extend(kept_nodes)
+    counts["int4_widened"] = widen_int4_initializers(model)
     used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     unused = [t for t in graph.initializer if t.name not in used]
     for tensor in unused:
         graph.initializer.remove(tensor)
     return counts
+
+
+def widen_int4_initializers(model: onnx.ModelProto) -> int:
+    """Rewrite the INT4 initializers that Q/DQ nodes read (codes and zero points) as INT8 containers, in place.
+
+    Same codes, same dequantized values: a bundle stores 4-bit weights as true INT4 (half the bytes), and the engines
+    widen them when they load the graph, because ONNX Runtime's CPU kernels and TensorRT's convolutions only run
+    INT8 integer arithmetic (ONNX Runtime would otherwise dequantize INT4 weights and run a float conv). Returns how
+    many initializers were widened.
+    """
+    read = {name for node in model.graph.node if node.op_type in QDQ_OPS for name in node.input[0::2]}
+    widened = 0
+    for tensor in model.graph.initializer:
+        if tensor.name in read and tensor.data_type == TensorProto.INT4:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.int8), tensor.name))
+            widened += 1
+    return widened
 
 
 def _uint8_grid_to_int8(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto]) -> int:

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from edge_inspector.bundle.store import Bundle
 from edge_inspector.config import EngineSettings
 from edge_inspector.engines.base import EngineOutput, warmup_image
+from edge_inspector.engines.graph_prep import widen_int4_initializers
 from edge_inspector.errors import BundleError, EngineError
 from edge_inspector.log import kv
 
@@ -30,12 +31,15 @@ _OPTIMIZATION = {
 }
 
 
-def _graph_opset(path: os.PathLike) -> int:
-    """Default-domain opset of the graph; BundleError when the file is not a readable ONNX model."""
+def _read_graph(path: os.PathLike) -> onnx.ModelProto:
+    """The bundle's graph; BundleError when the file is not a readable ONNX model."""
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, OSError, ... for a damaged file
         raise BundleError(f"{path} is corrupt: not a readable ONNX model ({exc})") from exc
+
+
+def _graph_opset(model: onnx.ModelProto, path: os.PathLike) -> int:
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
             return int(opset.version)
@@ -60,7 +64,8 @@ class OrtEngine:
         self.bundle = bundle
         self.settings = settings or EngineSettings()
         manifest = bundle.manifest
-        opset = _graph_opset(bundle.onnx_path)
+        graph = _read_graph(bundle.onnx_path)
+        opset = _graph_opset(graph, bundle.onnx_path)
         if opset != manifest.graph.opset:
             raise BundleError(
                 f"{bundle.onnx_path} uses opset {opset} but the manifest says {manifest.graph.opset}: "
@@ -75,8 +80,11 @@ class OrtEngine:
         # Idle pool threads must sleep, not spin: on an edge box they share the cores with capture and decision.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = providers or ["CPUExecutionProvider"]
+        # 4-bit weights are stored as INT4 (small file) and run as INT8 integer kernels (fast): same codes
+        self.int4_widened = widen_int4_initializers(graph)
+        source = graph.SerializeToString() if self.int4_widened else str(bundle.onnx_path)
         try:
-            self.session = ort.InferenceSession(str(bundle.onnx_path), options, providers=self.providers)
+            self.session = ort.InferenceSession(source, options, providers=self.providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise BundleError(f"ONNX Runtime cannot load {bundle.onnx_path}: {exc}") from exc
         self._check_contract()
@@ -138,6 +146,7 @@ class OrtEngine:
             "providers": ",".join(self.session.get_providers()),
             "intra_op_threads": str(self.settings.intra_op_threads or os.cpu_count()),
             "graph_optimization": self.settings.graph_optimization,
+            "int4_weights_widened": str(self.int4_widened),
         }
 
     def close(self) -> None:

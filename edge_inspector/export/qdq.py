@@ -16,7 +16,9 @@ with symmetric grids: weights int8/int4 with zero point 0; activations uint8 wit
 ``ORT_DISABLED_OPTIMIZERS``) or int8 with zero point 0. A tensor already on a grid (a quantized conv's output read
 by the next conv, one input read by q/k/v) is quantized once. ONNX Runtime fuses ``DQ -> Conv -> Q`` into an
 integer ``QLinearConv``. 4-bit weights are written as their 4-bit grid in INT8 containers (runs as INT8 everywhere), or as
-true ``INT4`` initializers when ``small=True`` (opset >= 21; ONNX Runtime then dequantizes and runs a float conv).
+true ``INT4`` initializers when ``small=True`` (opset >= 21; half the bytes). The engines widen INT4 back into INT8
+containers when they load a graph (``engines.graph_prep.widen_int4_initializers``), so both forms run the same
+integer kernels; ONNX Runtime left to itself would dequantize INT4 weights and run a float conv.
 """
 
 from __future__ import annotations
@@ -184,8 +186,15 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
 
 
 def ort_session(model: onnx.ModelProto, threads: int = 1, optimize: bool = True):
-    """An ONNX Runtime CPU session for a graph, honouring the optimizers its metadata says to leave out."""
+    """An ONNX Runtime CPU session for a graph as the line loads it: INT4 weights widened to INT8 containers
+    (``engines.graph_prep.widen_int4_initializers``), the optimizers its metadata says to leave out left out."""
     import onnxruntime as ort
+
+    from edge_inspector.engines.graph_prep import widen_int4_initializers
+
+    if any(t.data_type == TensorProto.INT4 for t in model.graph.initializer):
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # widen a copy: the caller's graph stays small
+        widen_int4_initializers(model)
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads

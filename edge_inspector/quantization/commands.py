@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget-bits", type=float, default=None, help="average weight bits over all units (default 5.0)")
     budget.add_argument("--budget-bytes", type=int, default=None, help="total weight bytes of all units")
-    parser.add_argument("--small", action="store_true", help="store 4-bit weights as true INT4 (smaller, slower on ORT)")
+    parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=True,
+                        help="store 4-bit weights as true INT4 (default; engines widen them to INT8 on load, so "
+                             "they run as fast); --no-small stores INT8 containers")
     parser.add_argument("--tolerance", type=float, default=1.0,
                         help="allowed probe-set AUROC drop in points before repair promotes units (default 1.0)")
     parser.add_argument("--qat-steps", type=int, default=100, help="quantization-aware fine-tuning steps (0 = PTQ only)")

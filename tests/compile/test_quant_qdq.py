@@ -96,6 +96,30 @@ def test_graph_structure(quantized):
     assert "body.0.conv.weight" not in inits  # the float weight is gone
 
 
+def test_int4_storage_is_widened_on_load_and_runs_the_integer_kernels(quantized, tmp_path):
+    import onnxruntime as ort
+
+    from edge_inspector.engines.graph_prep import widen_int4_initializers
+
+    net, fp32, x = quantized
+    big, small = _qdq(net, fp32), _qdq(net, fp32, small=True)
+    widened = onnx.ModelProto.FromString(small.SerializeToString())
+    assert widen_int4_initializers(widened) > 0
+    assert not any(t.data_type == TensorProto.INT4 for t in widened.graph.initializer)
+    big_inits = {t.name: numpy_helper.to_array(t) for t in big.graph.initializer}
+    for t in widened.graph.initializer:
+        if t.name.endswith("_quantized"):
+            np.testing.assert_array_equal(numpy_helper.to_array(t), big_inits[t.name])  # same codes, same dtype
+    # the session ort_session builds (what calibrate and the benchmarks time) fuses them into QLinearConv
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(widened.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert fused.count("QLinearConv") == sum(m.precision != "keep" for m in quant_modules(net).values())
+    feed = {"x": x[:1].numpy()}
+    np.testing.assert_allclose(ort_session(small).run(None, feed)[0], ort_session(big).run(None, feed)[0], atol=1e-6)
+
+
 def test_small_bundle_uses_true_int4(quantized):
     net, fp32, _ = quantized
     big, small = _qdq(net, fp32), _qdq(net, fp32, small=True)

@@ -107,3 +107,25 @@ def test_a_closed_engine_refuses_work(bundle):
     engine.close()
     with pytest.raises(EngineError, match="closed"):
         engine.infer(np.zeros((32, 48, 3), np.uint8))
+
+
+def test_int4_weights_are_stored_small_and_run_widened_to_int8(tmp_path):
+    import onnxruntime as ort
+
+    from edge_inspector.engines.graph_prep import widen_int4_initializers
+    from tests.fixtures.trt_graphs import make_conv_bundle
+
+    bundle = make_conv_bundle(tmp_path / "b", int4_weights=True)
+    stored = onnx.load(str(bundle.onnx_path))
+    assert any(t.data_type == onnx.TensorProto.INT4 for t in stored.graph.initializer)  # the file stays small
+    image = bundle.calibration_images()[0]
+    engine = OrtEngine(bundle, EngineSettings(intra_op_threads=1))
+    got = engine.infer(image)
+    widen_int4_initializers(stored)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(stored.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    want_map, want_score = session.run(None, {"image": image[None]})
+X
+    np.testing.assert_array_equal(got.anomaly_map, want_map[0, 0])
+    assert got.score == pytest.approx(float(want_score.reshape(-1)[0]), rel=1e-6)
