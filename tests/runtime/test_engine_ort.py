@@ -126,6 +126,7 @@ def test_int4_weights_are_stored_small_and_run_widened_to_int8(tmp_path):
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(stored.SerializeToString(), options, providers=["CPUExecutionProvider"])
     want_map, want_score = session.run(None, {"image": image[None]})
-X
+    # conv1's codes and zero point; ORT left to itself would dequantize them and run a float conv
+    assert engine.describe()["int4_weights_widened"] == "2"
     np.testing.assert_array_equal(got.anomaly_map, want_map[0, 0])
     assert got.score == pytest.approx(float(want_score.reshape(-1)[0]), rel=1e-6)
