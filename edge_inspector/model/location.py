@@ -4,8 +4,9 @@ Why it exists: a camera over a fixtured line sees each part in the same place, s
 in the frame a feature sits (a tile edge is normal at the border, a defect in the middle). HaloAE's convolutions
 and relative-position attention are translation-equivariant: its reconstruction error cannot tell a feature that
 is normal *somewhere* from one that is normal *here*. On magnetic_tile (benchmarks/README.md, "Why a location
-head") a per-location Gaussian of the same Lite0 features reaches image AUROC 0.93 where every location-blind
-score tested (reconstruction error, one global Gaussian, patch nearest neighbour) stays at or below 0.83.
+head") a Gaussian per cell reaches image AUROC 0.93 on the features where one Gaussian shared by all cells reaches
+0.74 and HaloAE's reconstruction error 0.76; a location-blind patch nearest-neighbour search gets 0.90, but needs
+a memory of 60k feature vectors (23M floats) where the head holds 1M.
 
 The head, fitted once on the training images (closed form, seconds):
 
