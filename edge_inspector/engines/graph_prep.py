@@ -11,7 +11,10 @@ tensor in the type the graph gives it. So the float parts of the bundle graph ar
 
 Before that, the parts TensorRT's parser refuses are rewritten into exact equivalents: the uint8 input's Cast moves
 in front of any layout ops (torch exports ``image -> Transpose -> Cast``), INT32 bias DequantizeLinear nodes are
-folded into float initializers, INT4 weights are widened to INT8 containers; asymmetric Q/DQ is refused.
+folded into float initializers, INT4 weights are widened to INT8 containers; asymmetric Q/DQ is refused. The one
+rewrite that is not exact: activations on the unsigned grid (uint8, zero point 0: a ReLU's output, see
+``quantization.fakequant``) go to the signed INT8 grid covering the same range, with twice the step (TensorRT has
+no unsigned INT8); TensorRT fuses the ReLU into the conv itself.
 
 The FP16 conversion itself is ONNX Runtime's maintained converter (``onnxruntime.transformers.float16``). The
 prepared graph is checked with ``onnx.checker`` (full type inference) and can be run in ONNX Runtime on the CPU
@@ -68,6 +71,8 @@ class PreparationReport:
     """Blocked (weight-only) DequantizeLinear nodes folded into float initializers."""
     uint8_to_int8: int = 0
     """uint8 zero-point-128 Q/DQ zero points rewritten as int8 zero point 0 (same grid)."""
+    unsigned_to_int8: int = 0
+    """Q/DQ on the unsigned grid moved to the signed INT8 grid of the same range (twice the step: not exact)."""
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -167,7 +172,8 @@ def make_qdq_tensorrt_ready(model: onnx.ModelProto) -> dict[str, int]:
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     counts = {"bias_dq_folded": 0, "int4_widened": 0, "blocked_dq_folded": 0,
-              "uint8_to_int8": _uint8_grid_to_int8(graph, inits)}
+              "uint8_to_int8": _uint8_grid_to_int8(graph, inits),
+              "unsigned_to_int8": _unsigned_grid_to_int8(graph, inits)}
     kept_nodes = []
     for node in graph.node:
         if node.op_type not in QDQ_OPS:
@@ -244,6 +250,30 @@ def _uint8_grid_to_int8(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProt
         if np.all(value == 128):
             tensor.CopyFrom(numpy_helper.from_array(np.zeros(value.shape, np.int8), name))
             rewritten += 1
+    return rewritten
+
+
+def _unsigned_grid_to_int8(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto]) -> int:
+    """Move Q/DQ on the unsigned grid (uint8 zero point 0, codes 0..255 x s) to int8 zero point 0 with scale
+    ``s * 255 / 127``: the signed grid whose positive half covers the same range. Not exact (half the resolution);
+    each node gets its own scale initializer, as a scale may be shared with a signed tensor of equal value."""
+    rewritten = 0
+    for node in graph.node:
+        if node.op_type not in QDQ_OPS or len(node.input) < 3 or not node.input[2]:
+            continue
+        zero_point = inits.get(node.input[2])
+        if zero_point is None or zero_point.data_type != TensorProto.UINT8:
+            continue
+        if not np.all(numpy_helper.to_array(zero_point) == 0):
+            continue
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        tag = node.name or node.output[0]
+        new_scale = numpy_helper.from_array((scale * np.float32(255 / 127)).astype(np.float32), f"{tag}/int8_scale")
+        new_zp = numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{tag}/int8_zp")
+        graph.initializer.extend([new_scale, new_zp])
+        inits[new_scale.name], inits[new_zp.name] = new_scale, new_zp
+        node.input[1], node.input[2] = new_scale.name, new_zp.name
+        rewritten += 1
     return rewritten
 
 
@@ -349,6 +379,7 @@ def prepare_graph(
         int4_widened=qdq_rewrites["int4_widened"],
         blocked_dq_folded=qdq_rewrites["blocked_dq_folded"],
         uint8_to_int8=qdq_rewrites["uint8_to_int8"],
+        unsigned_to_int8=qdq_rewrites["unsigned_to_int8"],
         warnings=warnings,
     )
     for warning in warnings:

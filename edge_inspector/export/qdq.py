@@ -12,8 +12,9 @@ Per quantized conv the graph becomes::
 
     x -> Q(s_in) -> DQ -> Conv(DQ(w_int, s_w, axis 0), DQ(b_int32, s_in*s_w, axis 0)) -> Q(s_out) -> DQ -> y
 
-with symmetric grids: weights int8/int4 with zero point 0; activations uint8 with zero point 128 (by default, see
-``ORT_DISABLED_OPTIMIZERS``) or int8 with zero point 0. A tensor already on a grid (a quantized conv's output read
+with symmetric grids: weights int8/int4 with zero point 0; signed activations uint8 with zero point 128 (by default,
+see ``ORT_DISABLED_OPTIMIZERS``) or int8 with zero point 0; activations on the unsigned grid (after a ReLU, see
+``quantization.fakequant``) uint8 with zero point 0, which lets ONNX Runtime drop the ReLU's Clip between convs. A tensor already on a grid (a quantized conv's output read
 by the next conv, one input read by q/k/v) is quantized once. ONNX Runtime fuses ``DQ -> Conv -> Q`` into an
 integer ``QLinearConv``. 4-bit weights are written as their 4-bit grid in INT8 containers (runs as INT8 everywhere), or as
 true ``INT4`` initializers when ``small=True`` (opset >= 21; half the bytes). The engines widen INT4 back into INT8
@@ -48,6 +49,9 @@ than FP32 (500 vs 430 ms). Writing the same grid as uint8 with zero point 128 av
 """
 METADATA_DISABLED_OPTIMIZERS = "edge_inspector.ort_disabled_optimizers"
 ACT_ZERO_POINTS = {"uint8": np.array(128, np.uint8), "int8": np.array(0, np.int8)}
+"""Zero point of a signed activation grid, by the graph's activation form."""
+UNSIGNED_ZERO_POINT = np.array(0, np.uint8)
+"""Zero point of the unsigned activation grid (codes 0..255), in either form."""
 
 
 @dataclass
@@ -59,7 +63,8 @@ class ConvQuant:
         weight_scale: per-output-channel scales, float32 (out,).
         bits: 4 or 8.
         bias_codes: int32 bias codes on the grid ``input_scale * weight_scale``, or None.
-        input_scale / output_scale: per-tensor int8 activation scales.
+        input_scale / output_scale: per-tensor 8-bit activation scales.
+        input_unsigned / output_unsigned: that activation is on the unsigned grid (uint8, zero point 0).
         reference: the float weight the exporter wrote (used only to check we found the right conv).
     """
 
@@ -70,6 +75,8 @@ class ConvQuant:
     input_scale: float
     output_scale: float
     reference: np.ndarray | None = None
+    input_unsigned: bool = False
+    output_unsigned: bool = False
 
 
 def conv_quant_from_module(module: QuantConv2d) -> ConvQuant:
@@ -90,6 +97,8 @@ def conv_quant_from_module(module: QuantConv2d) -> ConvQuant:
         input_scale=scales.input,
         output_scale=scales.output,
         reference=module.conv.weight.detach().cpu().numpy(),
+        input_unsigned=scales.input_unsigned,
+        output_unsigned=scales.output_unsigned,
     )
 
 
@@ -116,7 +125,7 @@ def insert_qdq(
         small: write 4-bit weights as true INT4 initializers (needs opset >= 21).
         check_reference: refuse when the graph's float weight differs from the torch weight (wrong model).
         activations: ``uint8`` (zero point 128) or ``int8`` (zero point 0): the same symmetric grid. uint8 is
-            what ONNX Runtime's x86 kernels run; int8 is what TensorRT takes (a graph pass converts exactly).
+            what ONNX Runtime's x86 kernels run; int8 is what TensorRT takes (``engines.graph_prep`` converts).
 
     Raises:
         ConfigError: a named conv is not in the graph, its weight differs, or INT4 is asked below opset 21.
@@ -138,8 +147,8 @@ def insert_qdq(
 
     new_nodes, new_inits, dropped = [], [], set()
     seen = set()
-    # (tensor, scale) -> name of its dequantized copy: a tensor already on that grid is not quantized again
-    on_grid: dict[tuple[str, float], str] = {}
+    # (tensor, scale, unsigned) -> name of its dequantized copy: a tensor already on that grid is not quantized again
+    on_grid: dict[tuple[str, float, bool], str] = {}
     for node in graph.node:
         weight = node.input[1] if node.op_type == "Conv" and len(node.input) > 1 else None
         if weight not in by_weight:
@@ -214,27 +223,29 @@ def _conv_qdq(
     weight: str,
     q: ConvQuant,
     small: bool,
-    on_grid: dict[tuple[str, float], str],
+    on_grid: dict[tuple[str, float, bool], str],
     act_zp: np.ndarray,
 ) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], list[TensorProto]]:
     """Nodes before the conv, nodes after it, and new initializers; rewires ``node`` in place."""
     x, y = node.input[0], node.output[0]
     p = f"{tag}/qdq"
+    in_zp = UNSIGNED_ZERO_POINT if q.input_unsigned else act_zp
+    out_zp = UNSIGNED_ZERO_POINT if q.output_unsigned else act_zp
     inits = [
         _scalar(f"{p}/out_scale", q.output_scale),
-        numpy_helper.from_array(act_zp, f"{p}/out_zp"),
+        numpy_helper.from_array(out_zp, f"{p}/out_zp"),
     ]
     pre = []
-    x_dq = on_grid.get((x, q.input_scale))
+    x_dq = on_grid.get((x, q.input_scale, q.input_unsigned))
     if x_dq is None:  # not already the output of a Q/DQ pair on this grid: quantize it here
         x_dq = f"{p}/x_dq"
-        inits += [_scalar(f"{p}/in_scale", q.input_scale), numpy_helper.from_array(act_zp, f"{p}/in_zp")]
+        inits += [_scalar(f"{p}/in_scale", q.input_scale), numpy_helper.from_array(in_zp, f"{p}/in_zp")]
         pre += [
             helper.make_node("QuantizeLinear", [x, f"{p}/in_scale", f"{p}/in_zp"], [f"{p}/x_q"], name=f"{p}/x_Q"),
             helper.make_node("DequantizeLinear", [f"{p}/x_q", f"{p}/in_scale", f"{p}/in_zp"], [x_dq],
                              name=f"{p}/x_DQ"),
         ]
-        on_grid[(x, q.input_scale)] = x_dq
+        on_grid[(x, q.input_scale, q.input_unsigned)] = x_dq
     qmax = qmax_for(q.bits)
     if np.abs(q.codes).max(initial=0) > qmax:
         raise ConfigError(f"{tag}: weight codes exceed the {q.bits}-bit grid")
@@ -267,28 +278,8 @@ def _conv_qdq(
                          name=f"{p}/y_Q"),
         helper.make_node("DequantizeLinear", [f"{p}/y_q", f"{p}/out_scale", f"{p}/out_zp"], [y], name=f"{p}/y_DQ"),
     ]
-    on_grid[(y, q.output_scale)] = y
+    on_grid[(y, q.output_scale, q.output_unsigned)] = y
     return pre, post, inits
-
-
-def to_int8_activations(model: onnx.ModelProto) -> int:
-    """Rewrite uint8 zero-point-128 activation Q/DQ into int8 zero point 0, in place (the same grid: TensorRT's form).
-
-    Returns the number of zero points rewritten. The result needs ``ORT_DISABLED_OPTIMIZERS`` to load in ONNX
-    Runtime (recorded in its metadata).
-    """
-    zero_points = {n.input[2] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                   and len(n.input) > 2}
-    count = 0
-    for i, t in enumerate(model.graph.initializer):
-        if t.name in zero_points and t.data_type == TensorProto.UINT8:
-            value = numpy_helper.to_array(t)
-            if not np.all(value == 128):
-                raise ConfigError(f"zero point {t.name} is not 128: not a symmetric grid, cannot convert exactly")
-            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.zeros(value.shape, np.int8), t.name))
-            count += 1
-    _set_metadata(model, METADATA_DISABLED_OPTIMIZERS, ",".join(ORT_DISABLED_OPTIMIZERS))
-    return count
 
 
 INDEX_INPUTS = {"Gather": 1, "GatherElements": 1, "GatherND": 1}

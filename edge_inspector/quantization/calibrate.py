@@ -37,6 +37,7 @@ from edge_inspector.quantization.units import (
     apply_plan,
     discover_units,
     fold_batchnorm,
+    mark_unsigned_activations,
     quant_modules,
     set_mode,
     tie_activation_ranges,
@@ -73,7 +74,8 @@ class CalibrateOptions:
 
 
 def prepare(scorer: nn.Module, calibration: np.ndarray, options: CalibrateOptions) -> list[QuantUnit]:
-    """Fold BN, find and wrap the units, and record activation ranges on ``calibration`` images."""
+    """Fold BN, find and wrap the units, choose each activation's grid (signed, or unsigned after a ReLU) and record
+    activation ranges on ``calibration`` images."""
     scorer.eval()
     with torch.no_grad():
         fold_batchnorm(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
@@ -81,6 +83,7 @@ def prepare(scorer: nn.Module, calibration: np.ndarray, options: CalibrateOption
     skip = TRAINING_ONLY + ("model.location",) + unused_convs(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
     units = discover_units(scorer, skip=skip)
     wrap_units(scorer, units, options.observer, options.percentile)
+    mark_unsigned_activations(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
     set_mode(scorer, "calibrate")
     with torch.no_grad():
         for start in range(0, len(calibration), 8):

@@ -7,9 +7,16 @@ Numerics (chosen to match what ONNX Runtime and TensorRT execute, see DESIGN §5
   "reduced range" one: ONNX Runtime on x86 CPUs without VNNI runs QDQ convs as uint8 x int8 with ``vpmaddubsw``,
   whose int16 pair sums saturate for |w| > 64 (measured here: outputs off by up to 23 steps with qmax 127, exact
   with 63). 4-bit codes can never saturate;
-* activations: 8-bit per tensor on a symmetric grid (int8 codes, zero point 0, what TensorRT accepts; the same grid
-  as uint8 with zero point 128, what ONNX Runtime's fast x86 kernels take), with the range from a calibration
-  observer (``minmax`` or ``percentile`` of ``|x|``);
+* activations: 8-bit per tensor, the range from a calibration observer (``minmax`` or ``percentile`` of ``|x|``).
+  Signed tensors use a symmetric grid (int8 codes, zero point 0, what TensorRT accepts; the same grid as uint8 with
+  zero point 128, what ONNX Runtime's fast x86 kernels take). A conv output whose only reader is a ReLU / ReLU6,
+  and the inputs of the convs that read that activation, use the *unsigned* grid instead (uint8 codes 0..255, zero
+  point 0, range ``[0, min(observed, clip)]``): the quantizer then does the activation's clipping itself, so the
+  8 bits cover only the values that survive it (a signed grid spends half its codes on negatives the ReLU drops), and
+  ONNX Runtime removes the ``DQ -> Clip -> Q`` between two integer convs (measured on HaloAE-lite's Lite0 backbone:
+  41 DequantizeLinear, 31 Clip and 37 QuantizeLinear nodes ran in float between the QLinearConvs, 60% of the integer
+  graph's time, and made W8A8 slower than FP32). TensorRT has no unsigned INT8: its preparation puts these tensors
+  on the signed grid with twice the step (``engines.graph_prep``);
 * bias: int32 on the grid ``scale_x * scale_w`` (what the integer conv kernels of ONNX Runtime accumulate in).
 
 ``torch.round`` and ONNX ``QuantizeLinear`` both round half to even, so a value lands on the same grid point.
@@ -29,8 +36,10 @@ Precision = Literal["w4a8", "w8a8", "keep"]
 PRECISION_WEIGHT_BITS: dict[str, int] = {"w4a8": 4, "w8a8": 8, "keep": 32}
 ACT_BITS = 8
 ACT_QMIN, ACT_QMAX = -128, 127
-"""Codes of the int8 activation grid; the scale maps the observed range to 127 and -128 is kept, as
+"""Codes of the signed activation grid; the scale maps the observed range to 127 and -128 is kept, as
 ``QuantizeLinear`` saturates there (the uint8 form of the same grid is ``code + 128``)."""
+ACT_UQMAX = 255
+"""Largest code of the unsigned activation grid (codes 0..255, zero point 0)."""
 BIAS_QMAX = 2**31 - 128
 """Largest int32 bias code that float32 represents exactly (so torch and ONNX clip to the same number)."""
 MIN_WEIGHT_RANGE = 1e-6
@@ -71,10 +80,12 @@ def fake_quant_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return weight + (snapped - weight).detach()
 
 
-def fake_quant_act(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric int8 per-tensor fake quantization; STE inside the clip range, zero gradient outside."""
-    clipped = torch.maximum(torch.minimum(x, scale * ACT_QMAX), scale * ACT_QMIN)
-    snapped = torch.clamp(torch.round(x / scale), ACT_QMIN, ACT_QMAX) * scale
+def fake_quant_act(x: torch.Tensor, scale: torch.Tensor, unsigned: bool = False) -> torch.Tensor:
+    """Per-tensor 8-bit fake quantization on the signed (-128..127) or unsigned (0..255) grid of ``scale``; STE
+    inside the clip range, zero gradient outside."""
+    low, high = (0, ACT_UQMAX) if unsigned else (ACT_QMIN, ACT_QMAX)
+    clipped = torch.maximum(torch.minimum(x, scale * high), scale * low)
+    snapped = torch.clamp(torch.round(x / scale), low, high) * scale
     return clipped + (snapped - clipped).detach()
 
 
@@ -90,6 +101,10 @@ class RangeObserver(nn.Module):
 
     ``minmax`` keeps the running maximum of ``|x|``; ``percentile`` averages, over batches, the given percentile of
     ``|x|`` (robust to a few outliers, which otherwise waste most of the 8-bit grid).
+
+    ``unsigned_clip`` (set before calibration, see ``units.mark_unsigned_activations``): the tensor is read only
+    through a ReLU clipping it to ``[0, unsigned_clip]``, so the observer measures the clipped values and the scale
+    is that of the unsigned grid.
     """
 
     def __init__(self, kind: ObserverKind = "minmax", percentile: float = 99.99):
@@ -102,10 +117,18 @@ class RangeObserver(nn.Module):
         self.percentile = percentile
         self.register_buffer("amax", torch.zeros(()))
         self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+        self.unsigned_clip: float | None = None
+
+    @property
+    def unsigned(self) -> bool:
+        return self.unsigned_clip is not None
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        values = x.detach().abs().flatten().float()
+        x = x.detach()
+        if self.unsigned:
+            x = x.clamp(0, self.unsigned_clip)
+        values = x.abs().flatten().float()
         if self.kind == "minmax":
             self.amax.copy_(torch.maximum(self.amax, values.max()))
         else:
@@ -117,10 +140,10 @@ class RangeObserver(nn.Module):
         self.batches += 1
 
     def scale(self) -> torch.Tensor:
-        """Scale of the int8 grid; raises if nothing was observed (an uncalibrated unit must not export)."""
+        """Scale of the 8-bit grid; raises if nothing was observed (an uncalibrated unit must not export)."""
         if self.batches.item() == 0:
             raise RuntimeError("activation range was never observed: run calibration images through the model first")
-        return torch.clamp(self.amax, min=1e-8) / ACT_QMAX
+        return torch.clamp(self.amax, min=1e-8) / (ACT_UQMAX if self.unsigned else ACT_QMAX)
 
 
 @dataclass
@@ -129,6 +152,8 @@ class ActScales:
 
     input: float
     output: float
+    input_unsigned: bool = False
+    output_unsigned: bool = False
 
 
 class QuantConv2d(nn.Module):
@@ -157,7 +182,8 @@ class QuantConv2d(nn.Module):
         return self.mode == "quant" and self.precision != "keep"
 
     def act_scales(self) -> ActScales:
-        return ActScales(float(self.in_observer.scale()), float(self.out_observer.scale()))
+        return ActScales(float(self.in_observer.scale()), float(self.out_observer.scale()),
+                         self.in_observer.unsigned, self.out_observer.unsigned)
 
     def quantized_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(integer weight codes, per-channel weight scale, snapped bias or None) exactly as the forward uses them."""
@@ -181,5 +207,5 @@ class QuantConv2d(nn.Module):
             params["bias"] = fake_quant_bias(self.conv.bias, s_in, weight_scale(self.conv.weight, self.weight_bits))
         # The conv's own forward, with the snapped parameters: subclasses that pad first (TF 'SAME') keep doing so;
         # zero padding commutes with the (zero-point 0) input quantization, as in the ONNX Pad -> Q/DQ -> Conv.
-        y = functional_call(self.conv, params, (fake_quant_act(x, s_in),))
-        return fake_quant_act(y, self.out_observer.scale())
+        y = functional_call(self.conv, params, (fake_quant_act(x, s_in, self.in_observer.unsigned),))
+        return fake_quant_act(y, self.out_observer.scale(), self.out_observer.unsigned)

@@ -200,6 +200,123 @@ def set_mode(model: nn.Module, mode: str) -> None:
         module.mode = mode
 
 
+@dataclass
+class _ActivationTrace:
+    """Who produced and who read each tensor in one forward pass (tensor identity), for the activation grids."""
+
+    produced: dict[int, str] = field(default_factory=dict)
+    """tensor id -> '<conv>:out' of the wrapped conv that produced it."""
+    conv_readers: dict[int, list[str]] = field(default_factory=dict)
+    """tensor id -> wrapped convs that read it."""
+    readers: dict[int, list[tuple]] = field(default_factory=dict)
+    """tensor id -> every torch function call that read it, as (function, clip) with clip the upper bound of a
+    ReLU-like call (ReLU, ReLU6, hardtanh / clamp from 0) and None for anything else."""
+    relu_of: dict[int, int] = field(default_factory=dict)
+    """output id of a ReLU-like call -> id of the tensor it clipped."""
+
+
+def _relu_clip(func, args: tuple, kwargs: dict) -> float | None:
+    """Upper bound of a ReLU-like call on ``args[0]`` (inf for a plain ReLU), None for anything else."""
+    import torch.nn.functional as F
+
+    if func in (F.relu, torch.relu, torch.Tensor.relu):
+        return float("inf")
+    if func is F.relu6:
+        return 6.0
+    if func is F.hardtanh:
+        low, high = (list(args[1:3]) + [kwargs.get("min_val", -1.0), kwargs.get("max_val", 1.0)][len(args[1:3]):])
+        return float(high) if low == 0 else None
+    if func in (torch.clamp, torch.clip, torch.Tensor.clamp, torch.Tensor.clip):
+        low = args[1] if len(args) > 1 else kwargs.get("min")
+        high = args[2] if len(args) > 2 else kwargs.get("max")
+        if isinstance(low, (int, float)) and low == 0 and (high is None or isinstance(high, (int, float))):
+            return float("inf") if high is None else float(high)
+    return None
+
+
+@torch.no_grad()
+def _trace_activations(model: nn.Module, example: torch.Tensor) -> _ActivationTrace:
+    """One forward in ``float`` mode (observers untouched) recording tensor producers and readers: module hooks
+    for the wrapped convs, a torch-function mode for everything else (HaloAE's forward uses Python-int shapes,
+    which torch.fx refuses)."""
+    from torch.overrides import TorchFunctionMode
+
+    modules = quant_modules(model)
+    trace = _ActivationTrace()
+    alive: list[torch.Tensor] = []  # keeps tensors alive so their ids stay unique during the pass
+
+    class Readers(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            if not isinstance(out, torch.Tensor):  # .shape, .size(), .dim(): metadata, not a use of the values
+                return out
+            clip = _relu_clip(func, args, kwargs)
+            flat = [a for arg in args for a in (arg if isinstance(arg, (list, tuple)) else [arg])]
+            for tensor in (a for a in flat if isinstance(a, torch.Tensor)):
+                alive.append(tensor)
+                trace.readers.setdefault(id(tensor), []).append((func, clip))
+            if clip is not None and args and isinstance(args[0], torch.Tensor) and out is not args[0]:
+                alive.append(out)
+                trace.relu_of[id(out)] = id(args[0])
+            return out
+
+    def on_input(name: str):
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            alive.append(inputs[0])
+            trace.conv_readers.setdefault(id(inputs[0]), []).append(name)
+
+        return hook
+
+    def on_output(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            alive.append(output)
+            trace.produced[id(output)] = f"{name}:out"
+
+        return hook
+
+    handles = []
+    for name, module in modules.items():
+        handles.append(module.register_forward_pre_hook(on_input(name)))
+        handles.append(module.register_forward_hook(on_output(name)))
+    modes = {name: m.mode for name, m in modules.items()}
+    set_mode(model, "float")
+    try:
+        with Readers():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, module in modules.items():
+            module.mode = modes[name]
+    return trace
+
+
+def _unsigned_outputs(trace: _ActivationTrace) -> dict[int, float]:
+    """Conv-output tensor id -> clip, for outputs whose every reader is the same ReLU-like clip from 0."""
+    found = {}
+    for tensor_id in trace.produced:
+        clips = {clip for _, clip in trace.readers.get(tensor_id, [])}
+        if len(clips) == 1 and None not in clips:
+            found[tensor_id] = clips.pop()
+    return found
+
+
+@torch.no_grad()
+def mark_unsigned_activations(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Put every conv output read only by a ReLU / ReLU6 on the unsigned activation grid (before calibration, so
+    its observer measures the clipped values); returns those convs. ``tie_activation_ranges`` then gives the convs
+    that read the activation the same grid. See ``fakequant`` for why."""
+    modules = quant_modules(model)
+    trace = _trace_activations(model, example)
+    marked = []
+    for tensor_id, clip in _unsigned_outputs(trace).items():
+        name = trace.produced[tensor_id].rpartition(":")[0]
+        modules[name].out_observer.unsigned_clip = clip
+        marked.append(name)
+    return marked
+
+
 @torch.no_grad()
 def tie_activation_ranges(model: nn.Module, example: torch.Tensor) -> list[list[str]]:
     """Give one activation range to every group of quantizers that see the same tensor; returns the groups.
@@ -208,40 +325,15 @@ def tie_activation_ranges(model: nn.Module, example: torch.Tensor) -> list[list[
     one tensor feeding several convs, would otherwise be quantized twice with different scales: two Q/DQ pairs
     back to back, which ONNX Runtime cannot fuse into integer convs (measured: a third of the convs stayed float).
     With one range per tensor the export writes a single Q/DQ pair and both sides stay exact (re-quantizing on the
-    same grid changes nothing). The group's range is the widest of its members'. Topology comes from one forward
-    with hooks (tensor identity), in ``float`` mode so the observers are not touched.
+    same grid changes nothing). The group's range is the widest of its members'. A conv output on the unsigned grid
+    (``mark_unsigned_activations``) is grouped with the convs reading its ReLU: the ReLU changes nothing on that
+    grid, so they share its unsigned grid too.
     """
     modules = quant_modules(model)
-    produced: dict[int, str] = {}
-    consumers: dict[int, list[str]] = {}
-    alive: list[torch.Tensor] = []  # keeps tensors alive so their ids stay unique during the pass
-    handles = []
-    def on_input(name: str):
-        def hook(module: nn.Module, inputs: tuple) -> None:
-            alive.append(inputs[0])
-            consumers.setdefault(id(inputs[0]), []).append(name)
-
-        return hook
-
-    def on_output(name: str):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            alive.append(output)
-            produced[id(output)] = f"{name}:out"
-
-        return hook
-
-    for name, module in modules.items():
-        handles.append(module.register_forward_pre_hook(on_input(name)))
-        handles.append(module.register_forward_hook(on_output(name)))
-    modes = {name: m.mode for name, m in modules.items()}
-    set_mode(model, "float")
-    try:
-        model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for name, module in modules.items():
-            module.mode = modes[name]
+    trace = _trace_activations(model, example)
+    # the ReLU output of a conv output on the unsigned grid is that same grid
+    relu_of_unsigned = {relu: trace.produced[source] for relu, source in trace.relu_of.items()
+                        if source in trace.produced and _observer(modules, trace.produced[source]).unsigned}
     parent: dict[str, str] = {}
 
     def find(slot: str) -> str:
@@ -249,8 +341,9 @@ def tie_activation_ranges(model: nn.Module, example: torch.Tensor) -> list[list[
             slot = parent[slot]
         return slot
 
-    for tensor_id, names in consumers.items():
-        slots = [f"{n}:in" for n in dict.fromkeys(names)] + ([produced[tensor_id]] if tensor_id in produced else [])
+    for tensor_id, names in trace.conv_readers.items():
+        producer = trace.produced.get(tensor_id) or relu_of_unsigned.get(tensor_id)
+        slots = [f"{n}:in" for n in dict.fromkeys(names)] + ([producer] if producer else [])
         for slot in slots[1:]:
             parent[find(slot)] = find(slots[0])
     groups: dict[str, list[str]] = {}
@@ -259,9 +352,12 @@ def tie_activation_ranges(model: nn.Module, example: torch.Tensor) -> list[list[
     tied = [sorted(g) for g in groups.values() if len(g) > 1]
     for group in tied:
         observers = [_observer(modules, slot) for slot in group]
+        clip = max((o.unsigned_clip for o in observers if o.unsigned), default=None)
         widest = max(o.amax for o in observers)
         for o in observers:
             o.amax.copy_(widest)
+            if clip is not None:
+                o.unsigned_clip = clip
     return tied
 
 

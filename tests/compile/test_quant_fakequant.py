@@ -59,6 +59,20 @@ def test_activation_rounds_half_to_even_and_clips_gradient():
     assert x.grad.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0]
 
 
+def test_unsigned_activation_grid_spends_all_256_codes_on_the_relu_range():
+    scale = torch.tensor(0.5)
+    x = torch.tensor([-3.0, 0.25, 0.75, 100.0, 127.6, 200.0], requires_grad=True)
+    y = fake_quant_act(x, scale, unsigned=True)
+    # negatives go to 0 (the ReLU), half to even, clip at 255 * 0.5 (uint8, zero point 0)
+    assert y.tolist() == [0.0, 0.0, 1.0, 100.0, 127.5, 127.5]
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    observer = RangeObserver("minmax")
+    observer.unsigned_clip = 6.0  # read through a ReLU6: only [0, 6] matters
+    observer.observe(torch.tensor([-20.0, 3.0, 9.0]))
+    assert observer.amax.item() == 6.0 and observer.scale().item() == pytest.approx(6.0 / 255)
+
+
 def test_observers_minmax_and_percentile():
     x = torch.linspace(-1, 1, 10001)
     x[0] = -50.0  # one outlier

@@ -13,17 +13,19 @@ from onnx import TensorProto, numpy_helper
 from edge_inspector.errors import ConfigError
 from edge_inspector.bundle.graph_size import initializer_bytes
 from edge_inspector.export.qdq import (
+    METADATA_DISABLED_OPTIMIZERS,
+    ORT_DISABLED_OPTIMIZERS,
     conv_quant_from_module,
     dedupe_initializers,
     insert_qdq,
     narrow_index_initializers,
     ort_session,
-    to_int8_activations,
 )
 from edge_inspector.quantization.units import (
     apply_plan,
     discover_units,
     fold_batchnorm,
+    mark_unsigned_activations,
     quant_modules,
     set_mode,
     tie_activation_ranges,
@@ -44,11 +46,18 @@ def quantized(tmp_path_factory):
     wrap_units(net, units)
     gen = torch.Generator().manual_seed(0)
     calib = torch.rand(4, 3, 12, 12, generator=gen) * 2 - 1
+    # stem and body.0 are read only by a ReLU: their outputs, and the inputs reading those ReLUs, go unsigned
+    assert mark_unsigned_activations(net, calib[:1]) == ["stem", "body.0"]
     set_mode(net, "calibrate")
     with torch.no_grad():
         net(calib)
     set_mode(net, "float")
-    assert tie_activation_ranges(net, calib[:1]) == [["attn.to_kv:in", "attn.to_q:in"]]
+    assert tie_activation_ranges(net, calib[:1]) == [
+        ["body.0:in", "stem:out"], ["body.0:out", "body.2:in"], ["attn.to_kv:in", "attn.to_q:in"]]
+    unsigned = {n: (m.in_observer.unsigned, m.out_observer.unsigned) for n, m in quant_modules(net).items()}
+    assert unsigned == {"stem": (False, True), "body.0": (True, True), "body.2": (True, False),
+                        "attn.to_q": (False, False), "attn.to_kv": (False, False), "attn.to_out": (False, False),
+                        "head": (False, False)}
     path = tmp_path_factory.mktemp("qdq") / "fp32.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -89,8 +98,17 @@ def test_graph_structure(quantized):
             assert codes.data_type in (TensorProto.INT8, TensorProto.INT32)
         if node.op_type == "QuantizeLinear":
             zp = inits[node.input[2]]
-            # activations: the symmetric grid in its uint8 form (zero point 128)
-            assert zp.data_type == TensorProto.UINT8 and numpy_helper.to_array(zp) == 128 and len(zp.dims) == 0
+            assert zp.data_type == TensorProto.UINT8 and len(zp.dims) == 0
+    # activations: the symmetric grid in its uint8 form (zero point 128), or the unsigned grid (zero point 0) where
+    # the conv's input / output is a ReLU's (see the fixture)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for name, module in quant_modules(net).items():
+        conv = next(n for n in model.graph.node if n.op_type == "Conv"
+                    and producer[n.input[1]].input[0] == f"{name}.conv.weight_quantized")
+        x_q = producer[producer[conv.input[0]].input[0]]
+        y_q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == conv.output[0])
+        for q, unsigned in ((x_q, module.in_observer.unsigned), (y_q, module.out_observer.unsigned)):
+            assert numpy_helper.to_array(inits[q.input[2]]) == (0 if unsigned else 128), (name, q.name)
     w4 = numpy_helper.to_array(inits["body.0.conv.weight_quantized"])
     assert w4.dtype == np.int8 and np.abs(w4).max() == 7  # 4-bit grid in an INT8 container
     assert "body.0.conv.weight" not in inits  # the float weight is gone
@@ -116,6 +134,8 @@ def test_int4_storage_is_widened_on_load_and_runs_the_integer_kernels(quantized,
     ort.InferenceSession(widened.SerializeToString(), options, providers=["CPUExecutionProvider"])
     fused = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert fused.count("QLinearConv") == sum(m.precision != "keep" for m in quant_modules(net).values())
+    # body.0 -> ReLU -> body.2 is on one unsigned grid: the ReLU is gone (the two other ReLUs also feed adds)
+    assert fused.count("Relu") == [n.op_type for n in widened.graph.node].count("Relu") - 1
     feed = {"x": x[:1].numpy()}
     np.testing.assert_allclose(ort_session(small).run(None, feed)[0], ort_session(big).run(None, feed)[0], atol=1e-6)
 
@@ -183,14 +203,30 @@ def test_dedupe_initializers_keeps_results(quantized):
     np.testing.assert_array_equal(_run(model, calib[:1].numpy()), before)
 
 
-def test_int8_form_is_the_same_grid(quantized):
+def test_tensorrt_form_puts_every_activation_on_the_signed_int8_grid(quantized):
+    from edge_inspector.engines.graph_prep import make_qdq_tensorrt_ready
+
     net, fp32, calib = quantized
     model = _qdq(net, fp32)
-    reference = _run(model, calib[:2].numpy()[:1])
-    assert to_int8_activations(model) == len({n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear"})
-    zps = [t for t in model.graph.initializer if t.name.endswith(("in_zp", "out_zp"))]
-    assert zps and all(t.data_type == TensorProto.INT8 for t in zps)
-    np.testing.assert_array_equal(_run(model, calib[:2].numpy()[:1]), reference)
+    x = calib[:1].numpy()
+    reference = _run(model, x)
+    qdq_zps = [n.input[2] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+               and len(n.input) > 2 and n.input[2].endswith(("in_zp", "out_zp"))]
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    n_unsigned = sum(int(inits[z] == 0) for z in qdq_zps)
+    assert n_unsigned == 8  # Q+DQ of stem:out, body.0:in, body.0:out, body.2:in
+    counts = make_qdq_tensorrt_ready(model)
+    assert counts["unsigned_to_int8"] == n_unsigned and counts["uint8_to_int8"] > 0
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+            zp = inits[node.input[2]]
+            assert zp.data_type in (TensorProto.INT8, TensorProto.INT4) and not numpy_helper.to_array(zp).any()
+    # the signed grids are exact; the unsigned ones lose one bit: close to, not equal to, the ONNX Runtime form
+    model.metadata_props.add(key=METADATA_DISABLED_OPTIMIZERS, value=",".join(ORT_DISABLED_OPTIMIZERS))
+    moved = _run(model, x)  # ONNX Runtime runs the int8 form only without that optimizer (see qdq.py)
+    err = np.abs(moved - reference).max() / np.abs(reference).max()
+    assert 0 < err < 0.05
 
 
 def test_index_tables_narrow_to_int32_exactly():
