@@ -17,7 +17,7 @@ import onnxruntime as ort
 from edge_inspector.bundle.store import Bundle
 from edge_inspector.config import EngineSettings
 from edge_inspector.engines.base import EngineOutput, warmup_image
-from edge_inspector.engines.graph_prep import widen_int4_initializers
+from edge_inspector.engines.graph_prep import prepare_for_onnxruntime
 from edge_inspector.errors import BundleError, EngineError
 from edge_inspector.log import kv
 
@@ -80,9 +80,10 @@ class OrtEngine:
         # Idle pool threads must sleep, not spin: on an edge box they share the cores with capture and decision.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = providers or ["CPUExecutionProvider"]
-        # 4-bit weights are stored as INT4 (small file) and run as INT8 integer kernels (fast): same codes
-        self.int4_widened = widen_int4_initializers(graph)
-        source = graph.SerializeToString() if self.int4_widened else str(bundle.onnx_path)
+        # 4-bit weights are stored as INT4 (small file) and run as INT8 integer kernels (fast): same codes;
+        # weight-only INT8 blocks are dequantized once here instead of on every image
+        self.load_rewrites = prepare_for_onnxruntime(graph)
+        source = graph.SerializeToString() if any(self.load_rewrites.values()) else str(bundle.onnx_path)
         try:
             self.session = ort.InferenceSession(source, options, providers=self.providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
@@ -146,7 +147,8 @@ class OrtEngine:
             "providers": ",".join(self.session.get_providers()),
             "intra_op_threads": str(self.settings.intra_op_threads or os.cpu_count()),
             "graph_optimization": self.settings.graph_optimization,
-            "int4_weights_widened": str(self.int4_widened),
+            "int4_weights_widened": str(self.load_rewrites["int4_widened"]),
+            "blocked_weights_folded": str(self.load_rewrites["blocked_dq_folded"]),
         }
 
     def close(self) -> None:

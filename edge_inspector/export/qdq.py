@@ -195,15 +195,15 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
 
 
 def ort_session(model: onnx.ModelProto, threads: int = 1, optimize: bool = True):
-    """An ONNX Runtime CPU session for a graph as the line loads it: INT4 weights widened to INT8 containers
-    (``engines.graph_prep.widen_int4_initializers``), the optimizers its metadata says to leave out left out."""
+    """An ONNX Runtime CPU session for a graph as the line loads it (``engines.graph_prep.prepare_for_onnxruntime``:
+    INT4 weights widened to INT8 containers, weight-only blocks folded), the optimizers its metadata says to leave
+    out left out."""
     import onnxruntime as ort
 
-    from edge_inspector.engines.graph_prep import widen_int4_initializers
+    from edge_inspector.engines.graph_prep import prepare_for_onnxruntime
 
-    if any(t.data_type == TensorProto.INT4 for t in model.graph.initializer):
-        model = onnx.ModelProto.FromString(model.SerializeToString())  # widen a copy: the caller's graph stays small
-        widen_int4_initializers(model)
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # rewrite a copy: the caller's graph stays small
+    prepare_for_onnxruntime(model)
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads

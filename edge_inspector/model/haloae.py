@@ -69,8 +69,10 @@ class HaloAE(nn.Module):
         self.backbone = Backbone(spec.backbone, spec.backbone_layers, spec.vgg19_weights, pretrained)
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-        self.register_buffer("pixel_mean", mean, persistent=False)
-        self.register_buffer("pixel_std", std, persistent=False)
+        # (x - mean) / std as a per-channel 1x1 conv: ONNX Runtime runs the integer graphs channels-last, where an
+        # elementwise Sub/Div broadcast over 3 channels cost 2 ms of a 10 ms image (measured); a conv stays fast.
+        self.register_buffer("pixel_scale", (1 / std).view(3, 1, 1, 1), persistent=False)
+        self.register_buffer("pixel_shift", (-mean / std).view(3), persistent=False)
         self.feature_channels = sum(self.backbone.channels[: len(spec.layers)])
         # Per-channel standardisation of the backbone map, fitted on training images (``set_feature_statistics``):
         # raw Lite0 channels differ in scale by 10x+, and the squared error would otherwise be a few channels' error.
@@ -109,9 +111,9 @@ class HaloAE(nn.Module):
         return nn.Sequential(*layers)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) RGB -> float (B, 3, H, W) with ImageNet mean/std (cast, permute, sub, div)."""
+        """uint8 (B, H, W, 3) RGB -> float (B, 3, H, W) with ImageNet mean/std (cast, permute, 1x1 conv)."""
         x = images.permute(0, 3, 1, 2).float()
-        return (x - self.pixel_mean) / self.pixel_std
+        return F.conv2d(x, self.pixel_scale, self.pixel_shift, groups=3)
 
     def backbone_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised images -> every backbone layer the model uses, by name (one backbone pass)."""

@@ -8,6 +8,12 @@ of (cost, penalty), which never drops a partial plan that could still be part of
 (sort layers by score, low-scoring ones get fewer bits) is the special case where the penalty is a threshold on one
 sorted score; the knapsack also accounts for how big each layer is.
 
+``keep`` is left out of the allocation by default (``allow_keep``) and reached only through repair: the budget
+prices a unit by its stored bytes, so FP32 looks cheap exactly where it is most expensive to run, in the small,
+high-resolution first layers (measured on HaloAE-lite's location graph: the allocator kept the stem and the first
+two MBConv blocks FP32, and the HQS graph ran 1.29x *slower* than FP32: most of the compute stayed float, and every
+float island adds a quantize / dequantize pair).
+
 ``repair`` then measures the real validation AUROC drop and, while it exceeds the tolerance, promotes the unit with
 the best estimated gain per extra byte (4 -> 8 bits, then 8 bits -> keep).
 """
@@ -39,9 +45,12 @@ class UnitCost:
     penalty: dict[str, float]
     min_bits: int = 4
 
-    def choices(self) -> list[Precision]:
+    def choices(self, allow_keep: bool = True) -> list[Precision]:
         allowed = [p for p in ORDER if p in self.penalty or p == "keep"]
-        return [p for p in allowed if PRECISION_WEIGHT_BITS[p] >= self.min_bits]
+        allowed = [p for p in allowed if PRECISION_WEIGHT_BITS[p] >= self.min_bits]
+        if not allow_keep and len(allowed) > 1:  # a unit with no quantized option still gets keep
+            allowed.remove("keep")
+        return allowed
 
     def cost_of(self, precision: Precision) -> float:
         return 0.0 if precision == "keep" else self.penalty[precision]
@@ -65,8 +74,10 @@ def capacity_bits(units: list[UnitCost], budget_bits: float | None = None, budge
     return int(budget_bytes) * 8
 
 
-def allocate(units: list[UnitCost], capacity: int) -> dict[str, Precision]:
+def allocate(units: list[UnitCost], capacity: int, allow_keep: bool = False) -> dict[str, Precision]:
     """The plan with the smallest summed penalty whose weight bits fit ``capacity`` (ties: fewer bits).
+
+    ``allow_keep``: let the allocation itself choose ``keep`` (FP32) for a unit; by default only repair does.
 
     Raises:
         ConfigError: no plan fits (names the smallest budget that would).
@@ -75,7 +86,7 @@ def allocate(units: list[UnitCost], capacity: int) -> dict[str, Precision]:
     # and penalty strictly descending. Any plan off the front is beaten by one on it with the same remaining choices.
     front: list[tuple[int, float, tuple[int, ...]]] = [(0, 0.0, ())]
     for unit in units:
-        options = unit.choices()
+        options = unit.choices(allow_keep)
         candidates = [
             (bits + unit.params * PRECISION_WEIGHT_BITS[p], pen + unit.cost_of(p), picks + (ORDER.index(p),))
             for bits, pen, picks in front
@@ -83,7 +94,7 @@ def allocate(units: list[UnitCost], capacity: int) -> dict[str, Precision]:
         ]
         candidates = [c for c in candidates if c[0] <= capacity]
         if not candidates:
-            least = sum(u.params * min(PRECISION_WEIGHT_BITS[p] for p in u.choices()) for u in units)
+            least = sum(u.params * min(PRECISION_WEIGHT_BITS[p] for p in u.choices(allow_keep)) for u in units)
             raise ConfigError(
                 f"the budget ({capacity} bits = {capacity / 8:.0f} bytes) is below the smallest possible plan "
                 f"({least} bits = {least / 8:.0f} bytes, every unit at its lowest allowed precision)"

@@ -27,9 +27,9 @@ def _random_units(rng: random.Random, n: int) -> list[UnitCost]:
     return units
 
 
-def _brute_force(units: list[UnitCost], capacity: int) -> float | None:
+def _brute_force(units: list[UnitCost], capacity: int, allow_keep: bool) -> float | None:
     best = None
-    for combo in itertools.product(*(u.choices() for u in units)):
+    for combo in itertools.product(*(u.choices(allow_keep) for u in units)):
         plan = dict(zip((u.name for u in units), combo))
         if plan_bits(units, plan) <= capacity:
             pen = sum(u.cost_of(p) for u, p in zip(units, combo))
@@ -37,22 +37,23 @@ def _brute_force(units: list[UnitCost], capacity: int) -> float | None:
     return best
 
 
+@pytest.mark.parametrize("allow_keep", [False, True])
 @pytest.mark.parametrize("seed", range(30))
-def test_allocation_matches_brute_force(seed):
+def test_allocation_matches_brute_force(seed, allow_keep):
     rng = random.Random(seed)
     units = _random_units(rng, rng.randint(1, 7))
     total = sum(u.params for u in units)
     capacity = int(rng.uniform(4, 14) * total)
-    expected = _brute_force(units, capacity)
+    expected = _brute_force(units, capacity, allow_keep)
     if expected is None:
         with pytest.raises(ConfigError, match="below the smallest possible plan"):
-            allocate(units, capacity)
+            allocate(units, capacity, allow_keep)
         return
-    plan = allocate(units, capacity)
+    plan = allocate(units, capacity, allow_keep)
     assert plan_bits(units, plan) <= capacity
     assert sum(u.cost_of(plan[u.name]) for u in units) == pytest.approx(expected, abs=1e-9)
     for u in units:
-        assert plan[u.name] in u.choices()
+        assert plan[u.name] in u.choices(allow_keep)
         if u.min_bits == 8:
             assert plan[u.name] != "w4a8"
 
@@ -66,8 +67,11 @@ def test_budget_units_and_pins():
     # 6.2 bits on average: only one of the two big units fits at 8 bits (the more sensitive one); the pinned one has 8
     plan = allocate(units, capacity_bits(units, budget_bits=6.2))
     assert plan == {"first": "w8a8", "mid": "w8a8", "big": "w4a8"}
-    # unlimited: everything with a penalty is kept; "first" costs nothing at 8 bits, and ties go to fewer bits
-    assert allocate(units, capacity_bits(units, budget_bits=32)) == {"first": "w8a8", "mid": "keep", "big": "keep"}
+    # unlimited: by default the allocation stays quantized (FP32 only through repair) ...
+    assert allocate(units, capacity_bits(units, budget_bits=32)) == {"first": "w8a8", "mid": "w8a8", "big": "w8a8"}
+    # ... allowed to keep, everything with a penalty is kept; "first" costs nothing at 8 bits, ties go to fewer bits
+    assert allocate(units, capacity_bits(units, budget_bits=32), allow_keep=True) == {
+        "first": "w8a8", "mid": "keep", "big": "keep"}
     for bad in ({}, {"budget_bits": 5, "budget_bytes": 10}, {"budget_bits": 2.0}, {"budget_bytes": -1}):
         with pytest.raises(ConfigError):
             capacity_bits(units, **bad)

@@ -235,11 +235,8 @@ def test_bundle_without_calibration_images_cannot_be_verified(tmp_path):
         verify_prepared(bundle, out)
 
 
-def test_blocked_weight_only_dq_is_folded_to_float_for_tensorrt():
-    """The location head's INT8 precision factors (blocked DequantizeLinear) become a float constant, same values."""
-    import onnxruntime as ort
-
-    rng = np.random.default_rng(0)
+def _blocked_factor_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """uint8 image -> (4 cells, 1, 3) @ blocked-INT8 (4, 3, 3) factor -> sum: the location head's shape, small."""
     codes = rng.integers(-127, 128, (4, 3, 3)).astype(np.int8)
     scales = rng.uniform(0.01, 0.1, (4, 1, 3)).astype(np.float32)
     nodes = [
@@ -254,7 +251,15 @@ def test_blocked_weight_only_dq_is_folded_to_float_for_tensorrt():
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, [])],
         [numpy_helper.from_array(codes, "f_int8"), numpy_helper.from_array(scales, "f_scale"),
          numpy_helper.from_array(np.array([4, 1, 3], np.int64), "shape")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_blocked_weight_only_dq_is_folded_to_float_for_tensorrt():
+    """The location head's INT8 precision factors (blocked DequantizeLinear) become a float constant, same values."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    model = _blocked_factor_model(rng)
     prepared, report = prepare_graph(model, keep_fp32_nodes=[])
     assert report.blocked_dq_folded == 1
     assert not any(n.op_type == "DequantizeLinear" for n in prepared.graph.node)
@@ -262,3 +267,21 @@ def test_blocked_weight_only_dq_is_folded_to_float_for_tensorrt():
     outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": image})
                for m in (model, prepared)]
     np.testing.assert_allclose(outputs[1][0], outputs[0][0], rtol=2e-3)
+
+
+def test_onnxruntime_preparation_folds_the_blocked_factor_exactly():
+    """On the CPU the factor is dequantized once at load instead of on every image: bit-identical outputs."""
+    import onnxruntime as ort
+
+    from edge_inspector.engines.graph_prep import prepare_for_onnxruntime
+
+    rng = np.random.default_rng(1)
+    model = _blocked_factor_model(rng)
+    folded = onnx.ModelProto.FromString(model.SerializeToString())
+    assert prepare_for_onnxruntime(folded) == {"int4_widened": 0, "blocked_dq_folded": 1}
+    assert [n.op_type for n in folded.graph.node] == ["Cast", "Reshape", "MatMul", "ReduceSum"]
+    assert {t.name for t in folded.graph.initializer} == {"f", "shape"}  # codes and scales gone, float factor in
+    image = rng.integers(0, 255, (1, 2, 2, 3), dtype=np.uint8)
+    outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": image})
+               for m in (model, folded)]
+    np.testing.assert_array_equal(outputs[1][0], outputs[0][0])
