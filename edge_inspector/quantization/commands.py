@@ -58,13 +58,18 @@ def resolve_checkpoint(model: str) -> Path:
     raise BundleError(f"--model {path}: no such checkpoint file or bundle folder")
 
 
+def _clip_left(text: str, width: int) -> str:
+    """``text`` in ``width`` characters, its start replaced by '…' when too long (unit names differ at the end)."""
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
 def print_report(rows: list[dict], summary: dict) -> None:
     """The per-layer table (score, bits, size) and the whole-model summary, as plain text."""
     print(f"{'#':>3} {'unit':<44} {'kind':<9} {'params':>8} {'score4':>7} {'score8':>7} {'bits':>4} {'KiB':>7}")
     for i, row in enumerate(rows):
         score = (row["signals"] or {}).get("score", {})
         pin = f"  [{row['pinned']}]" if row["pinned"] else ""
-        print(f"{i:>3} {row['unit'][-44:]:<44} {row['kind']:<9} {row['params']:>8} {score.get('w4a8', 0):>7.3f} "
+        print(f"{i:>3} {_clip_left(row['unit'], 44):<44} {row['kind']:<9} {row['params']:>8} {score.get('w4a8', 0):>7.3f} "
               f"{score.get('w8a8', 0):>7.3f} {row['weight_bits']:>4} {row['weight_bytes'] / 1024:>7.1f}{pin}")
     print()
     for key in ("average_weight_bits", "precisions", "graph_bytes_fp32", "graph_bytes_hqs", "size_ratio",

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from edge_inspector.bundle.manifest import ScoreStats
-from edge_inspector.model.blur import blur, gaussian_kernel
+from edge_inspector.model.blur import blur, gaussian_kernel, upsample_bilinear
 
 AGGREGATIONS = ("mean", "max", "topk")
 SCORING_HEADS = ("reconstruction", "location", "fused")
@@ -120,7 +119,7 @@ class AnomalyScorer(nn.Module):
     def refine(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         """Combine, blur, upsample to the input size: (B, 1, H, W)."""
         combined = blur(self.combine(maps), self.blur_kernel)
-        return F.interpolate(combined, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        return upsample_bilinear(combined, (self.height, self.width))
 
     def score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         flat = anomaly_map.flatten(1)

@@ -83,3 +83,14 @@ def test_blur_spreads_a_single_hot_cell():
     assert soft.max() < sharp.max() and (soft > 1e-3).sum() > (sharp > 1e-3).sum()
     # The blur keeps the total mass (normalised kernel, replicate padding away from the border).
     assert float(soft.mean()) == pytest.approx(float(sharp.mean()), rel=1e-4)
+
+
+@pytest.mark.parametrize("grid,size", [((8, 8), (256, 256)), ((7, 5), (640, 256)), ((4, 6), (5, 7)), ((10, 10), (4, 4))])
+def test_matmul_upsampling_equals_bilinear_interpolation(grid, size):
+    import torch.nn.functional as F
+
+    from edge_inspector.model.blur import upsample_bilinear
+
+    maps = torch.randn(2, 1, *grid, generator=torch.Generator().manual_seed(0))
+    reference = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(upsample_bilinear(maps, size), reference, atol=2e-6, rtol=1e-6)
