@@ -223,15 +223,17 @@ def _relu_clip(func, args: tuple, kwargs: dict) -> float | None:
         return float("inf")
     if func is F.relu6:
         return 6.0
-    if func is F.hardtanh:
-        low, high = (list(args[1:3]) + [kwargs.get("min_val", -1.0), kwargs.get("max_val", 1.0)][len(args[1:3]):])
-        return float(high) if low == 0 else None
-    if func in (torch.clamp, torch.clip, torch.Tensor.clamp, torch.Tensor.clip):
-        low = args[1] if len(args) > 1 else kwargs.get("min")
-        high = args[2] if len(args) > 2 else kwargs.get("max")
-        if isinstance(low, (int, float)) and low == 0 and (high is None or isinstance(high, (int, float))):
-            return float("inf") if high is None else float(high)
-    return None
+    def argument(position: int, name: str, default=None):
+        return args[position] if len(args) > position else kwargs.get(name, default)
+
+    if func is F.hardtanh:  # nn.ReLU6 calls hardtanh(x, 0, 6)
+        low, high = argument(1, "min_val", -1.0), argument(2, "max_val", 1.0)
+    elif func in (torch.clamp, torch.clip, torch.Tensor.clamp, torch.Tensor.clip):
+        low, high = argument(1, "min"), argument(2, "max", float("inf"))
+    else:
+        return None
+    numbers = all(isinstance(v, (int, float)) for v in (low, high))  # a tensor bound is not a ReLU we can see
+    return float(high) if numbers and low == 0 else None
 
 
 @torch.no_grad()

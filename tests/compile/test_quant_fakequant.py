@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from edge_inspector.quantization.fakequant import (
     QuantConv2d,
@@ -136,3 +137,32 @@ def test_quant_conv_trains_through_ste():
     conv.mode, conv.precision = "quant", "w4a8"
     conv(x).sum().backward()
     assert conv.conv.weight.grad is not None and conv.conv.weight.grad.abs().sum() > 0
+
+
+def test_only_conv_outputs_read_by_nothing_but_a_relu_go_unsigned():
+    from edge_inspector.quantization.units import mark_unsigned_activations, quant_modules, tie_activation_ranges
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.d = (nn.Conv2d(3, 3, 1) for _ in range(4))
+            self.relu6 = nn.ReLU6()
+
+        def forward(self, x):
+            y = self.b(self.relu6(self.a(x)))  # a: read only by ReLU6 -> unsigned, clip 6
+            z = self.c(y)
+            z = torch.relu(z) + z  # c: also read by the add -> stays signed
+            return self.d(torch.clamp(z, -1, 1))  # clamp from -1 is not a ReLU
+
+    net = Net().eval()
+    units = discover_units(net)
+    wrap_units(net, units)
+    x = torch.randn(2, 3, 4, 4)
+    assert mark_unsigned_activations(net, x[:1]) == ["a"]
+    modules = quant_modules(net)
+    assert modules["a"].out_observer.unsigned_clip == 6.0 and not modules["c"].out_observer.unsigned
+    set_mode(net, "calibrate")
+    net(x)
+    assert modules["a"].out_observer.amax.item() <= 6.0  # measured after the clip
+    tie_activation_ranges(net, x[:1])
+    assert modules["b"].in_observer.unsigned and not modules["d"].in_observer.unsigned
