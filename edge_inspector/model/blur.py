@@ -51,8 +51,8 @@ def upsample_bilinear(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
 
     Bilinear interpolation is separable, so it is ``A_h @ map @ A_w^T`` with fixed matrices: two small MatMuls in
     the ONNX graph. Why not Resize: ONNX Runtime runs a Resize of a one-channel map in its channel-blocked layout,
-    padded to 16 channels, and converts it back: 0.85 ms of a 6 ms quantized image (measured); the matmuls cost
-    almost nothing.
+    padded to 16 channels, and converts it back: about 0.85 ms of an 8 ms quantized image (ORT profiler); the
+    matmuls cost almost nothing.
     """
     height, width = size
     rows = torch.from_numpy(_bilinear_matrix(height, maps.shape[-2])).to(maps.device)

@@ -208,9 +208,9 @@ class _ActivationTrace:
     """tensor id -> '<conv>:out' of the wrapped conv that produced it."""
     conv_readers: dict[int, list[str]] = field(default_factory=dict)
     """tensor id -> wrapped convs that read it."""
-    readers: dict[int, list[tuple]] = field(default_factory=dict)
-    """tensor id -> every torch function call that read it, as (function, clip) with clip the upper bound of a
-    ReLU-like call (ReLU, ReLU6, hardtanh / clamp from 0) and None for anything else."""
+    reader_clips: dict[int, list[float | None]] = field(default_factory=dict)
+    """tensor id -> one entry per torch function call that read it: the upper bound of a ReLU-like call (ReLU,
+    ReLU6, hardtanh / clamp from 0), None for any other call."""
     relu_of: dict[int, int] = field(default_factory=dict)
     """output id of a ReLU-like call -> id of the tensor it clipped."""
 
@@ -257,7 +257,7 @@ def _trace_activations(model: nn.Module, example: torch.Tensor) -> _ActivationTr
             flat = [a for arg in args for a in (arg if isinstance(arg, (list, tuple)) else [arg])]
             for tensor in (a for a in flat if isinstance(a, torch.Tensor)):
                 alive.append(tensor)
-                trace.readers.setdefault(id(tensor), []).append((func, clip))
+                trace.reader_clips.setdefault(id(tensor), []).append(clip)
             if clip is not None and args and isinstance(args[0], torch.Tensor) and out is not args[0]:
                 alive.append(out)
                 trace.relu_of[id(out)] = id(args[0])
@@ -298,7 +298,7 @@ def _unsigned_outputs(trace: _ActivationTrace) -> dict[int, float]:
     """Conv-output tensor id -> clip, for outputs whose every reader is the same ReLU-like clip from 0."""
     found = {}
     for tensor_id in trace.produced:
-        clips = {clip for _, clip in trace.readers.get(tensor_id, [])}
+        clips = set(trace.reader_clips.get(tensor_id, []))
         if len(clips) == 1 and None not in clips:
             found[tensor_id] = clips.pop()
     return found

@@ -223,6 +223,12 @@ def test_tensorrt_form_puts_every_activation_on_the_signed_int8_grid(quantized):
             zp = inits[node.input[2]]
             assert zp.data_type in (TensorProto.INT8, TensorProto.INT4) and not numpy_helper.to_array(zp).any()
     # the signed grids are exact; the unsigned ones lose one bit: close to, not equal to, the ONNX Runtime form
+    # the one inexact rewrite is said out loud when the graph is prepared for a TensorRT build
+    from edge_inspector.engines.graph_prep import prepare_graph
+
+    _, report = prepare_graph(_qdq(net, fp32), keep_fp32_nodes=[])
+    assert report.unsigned_to_int8 == n_unsigned
+    assert any("unsigned activation grid" in w and "7 bits" in w for w in report.warnings)
     model.metadata_props.add(key=METADATA_DISABLED_OPTIMIZERS, value=",".join(ORT_DISABLED_OPTIMIZERS))
     moved = _run(model, x)  # ONNX Runtime runs the int8 form only without that optimizer (see qdq.py)
     err = np.abs(moved - reference).max() / np.abs(reference).max()
