@@ -249,6 +249,17 @@ def fold_blocked_weight_dq(model: onnx.ModelProto) -> int:
     return len(folded)
 
 
+METADATA_DISABLED_OPTIMIZERS = "edge_inspector.ort_disabled_optimizers"
+"""Graph metadata key: ONNX Runtime optimizers to load the graph without (comma-separated; see
+``export.qdq.ORT_DISABLED_OPTIMIZERS`` for the one graph form that needs it)."""
+
+
+def ort_disabled_optimizers(model: onnx.ModelProto) -> list[str]:
+    """The ONNX Runtime optimizers ``model``'s metadata says to leave out when loading it."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    return [o for o in meta.get(METADATA_DISABLED_OPTIMIZERS, "").split(",") if o]
+
+
 def prepare_for_onnxruntime(model: onnx.ModelProto) -> dict[str, int]:
     """What a bundle graph needs before an ONNX Runtime CPU session, in place (same values, faster kernels):
     INT4 weights widened to INT8 containers, blocked weight-only DQs folded to float."""

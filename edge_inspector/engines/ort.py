@@ -17,7 +17,7 @@ import onnxruntime as ort
 from edge_inspector.bundle.store import Bundle
 from edge_inspector.config import EngineSettings
 from edge_inspector.engines.base import EngineOutput, warmup_image
-from edge_inspector.engines.graph_prep import prepare_for_onnxruntime
+from edge_inspector.engines.graph_prep import ort_disabled_optimizers, prepare_for_onnxruntime
 from edge_inspector.errors import BundleError, EngineError
 from edge_inspector.log import kv
 
@@ -85,7 +85,8 @@ class OrtEngine:
         self.load_rewrites = prepare_for_onnxruntime(graph)
         source = graph.SerializeToString() if any(self.load_rewrites.values()) else str(bundle.onnx_path)
         try:
-            self.session = ort.InferenceSession(source, options, providers=self.providers)
+            self.session = ort.InferenceSession(source, options, providers=self.providers,
+                                                disabled_optimizers=ort_disabled_optimizers(graph))
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise BundleError(f"ONNX Runtime cannot load {bundle.onnx_path}: {exc}") from exc
         self._check_contract()

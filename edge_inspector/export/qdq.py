@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_inspector.engines.graph_prep import METADATA_DISABLED_OPTIMIZERS
 from edge_inspector.errors import ConfigError
 from edge_inspector.quantization.fakequant import BIAS_QMAX, QuantConv2d, qmax_for
 
@@ -47,7 +48,6 @@ fails outright ("output_dtype INT8 does not match y_zero_point type UINT8", micr
 a quantized conv feeds a Reshape/Slice. ``session.qdqisint8allowed=1`` avoids both but its S8S8 kernels were slower
 than FP32 (500 vs 430 ms). Writing the same grid as uint8 with zero point 128 avoids all of it and stays exact.
 """
-METADATA_DISABLED_OPTIMIZERS = "edge_inspector.ort_disabled_optimizers"
 ACT_ZERO_POINTS = {"uint8": np.array(128, np.uint8), "int8": np.array(0, np.int8)}
 """Zero point of a signed activation grid, by the graph's activation form."""
 UNSIGNED_ZERO_POINT = np.array(0, np.uint8)
@@ -200,7 +200,7 @@ def ort_session(model: onnx.ModelProto, threads: int = 1, optimize: bool = True)
     out left out."""
     import onnxruntime as ort
 
-    from edge_inspector.engines.graph_prep import prepare_for_onnxruntime
+    from edge_inspector.engines.graph_prep import ort_disabled_optimizers, prepare_for_onnxruntime
 
     model = onnx.ModelProto.FromString(model.SerializeToString())  # rewrite a copy: the caller's graph stays small
     prepare_for_onnxruntime(model)
@@ -210,11 +210,8 @@ def ort_session(model: onnx.ModelProto, threads: int = 1, optimize: bool = True)
     opts.log_severity_level = 3
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    meta = {p.key: p.value for p in model.metadata_props}
-    disabled = [o for o in meta.get(METADATA_DISABLED_OPTIMIZERS, "").split(",") if o]
-    return ort.InferenceSession(
-        model.SerializeToString(), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
-    )
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=ort_disabled_optimizers(model))
 
 
 def _conv_qdq(

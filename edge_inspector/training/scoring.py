@@ -128,7 +128,8 @@ class AnomalyScorer(nn.Module):
         if self.aggregation == "max":
             return flat.amax(dim=1)
         k = topk_count(self.height, self.width, self.topk_fraction)
-        return torch.topk(flat, k, dim=1).values.mean(dim=1)
+        # unsorted: the mean needs no order, and ONNX Runtime's TopK skips its final sort (~15% of the op)
+        return torch.topk(flat, k, dim=1, sorted=False).values.mean(dim=1)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, H, W, 3) RGB -> (anomaly_map (B, 1, H, W) float32, score (B,) float32)."""

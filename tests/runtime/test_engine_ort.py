@@ -130,3 +130,12 @@ def test_int4_weights_are_stored_small_and_run_widened_to_int8(tmp_path):
     assert engine.describe()["int4_weights_widened"] == "2"
     np.testing.assert_array_equal(got.anomaly_map, want_map[0, 0])
     assert got.score == pytest.approx(float(want_score.reshape(-1)[0]), rel=1e-6)
+
+
+def test_graph_metadata_names_the_optimizers_to_leave_out():
+    from edge_inspector.engines.graph_prep import METADATA_DISABLED_OPTIMIZERS, ort_disabled_optimizers
+
+    model = tiny_graph(16, 16)
+    assert ort_disabled_optimizers(model) == []
+    model.metadata_props.add(key=METADATA_DISABLED_OPTIMIZERS, value="QDQPropagationTransformer")
+    assert ort_disabled_optimizers(model) == ["QDQPropagationTransformer"]
