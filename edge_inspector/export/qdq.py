@@ -77,6 +77,8 @@ class ConvQuant:
     reference: np.ndarray | None = None
     input_unsigned: bool = False
     output_unsigned: bool = False
+    input_shared: bool = False
+    """Every other reader of the conv's input reads its dequantized copy too (``units.SharedInputQuant``)."""
 
 
 def conv_quant_from_module(module: QuantConv2d) -> ConvQuant:
@@ -99,6 +101,7 @@ def conv_quant_from_module(module: QuantConv2d) -> ConvQuant:
         reference=module.conv.weight.detach().cpu().numpy(),
         input_unsigned=scales.input_unsigned,
         output_unsigned=scales.output_unsigned,
+        input_shared=module.shares_input_grid,
     )
 
 
@@ -149,6 +152,7 @@ def insert_qdq(
     seen = set()
     # (tensor, scale, unsigned) -> name of its dequantized copy: a tensor already on that grid is not quantized again
     on_grid: dict[tuple[str, float, bool], str] = {}
+    shared: dict[str, str] = {}  # float tensor -> its dequantized copy, which all its readers then read
     for node in graph.node:
         weight = node.input[1] if node.op_type == "Conv" and len(node.input) > 1 else None
         if weight not in by_weight:
@@ -168,12 +172,24 @@ def insert_qdq(
         dropped.add(weight)
         if len(node.input) > 2 and node.input[2]:
             dropped.add(node.input[2])
+        x = node.input[0]
         pre, post, inits_ = _conv_qdq(node, tag, weight, q, small, on_grid, ACT_ZERO_POINTS[activations])
         new_nodes += pre + [node] + post
         new_inits += inits_
+        if q.input_shared:
+            shared[x] = node.input[0]
     missing = set(convs) - seen
     if missing:
         raise ConfigError(f"convs not used by any Conv node: {sorted(missing)}")
+    for node in new_nodes:  # the readers of a shared input, except the Q that quantizes it
+        if node.op_type == "QuantizeLinear" and node.input[0] in shared:
+            continue
+        for i, name in enumerate(node.input):
+            if name in shared:
+                node.input[i] = shared[name]
+    if shared:  # a reader that came before the conv now waits for the conv's Q/DQ pair
+        new_nodes = _topological(new_nodes, {i.name for i in graph.input} | {t.name for t in new_inits} |
+                                 {t.name for t in graph.initializer})
     still_used = {i for n in new_nodes for i in n.input}
     kept = [t for t in graph.initializer if t.name not in dropped or t.name in still_used]
     del graph.initializer[:]
@@ -184,6 +200,20 @@ def insert_qdq(
         _set_metadata(out, METADATA_DISABLED_OPTIMIZERS, ",".join(ORT_DISABLED_OPTIMIZERS))
     onnx.checker.check_model(out)
     return out
+
+
+def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` in an order where every input exists before its reader, otherwise keeping their order."""
+    available = set(available) | {""}
+    pending, ordered = list(nodes), []
+    while pending:
+        ready = next((n for n in pending if all(i in available for i in n.input)), None)
+        if ready is None:
+            raise ConfigError(f"the QDQ graph has a cycle or an undefined input at {pending[0].name}")
+        pending.remove(ready)
+        ordered.append(ready)
+        available.update(ready.output)
+    return ordered
 
 
 def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:

@@ -40,6 +40,7 @@ from edge_inspector.quantization.units import (
     mark_unsigned_activations,
     quant_modules,
     set_mode,
+    share_input_grids,
     tie_activation_ranges,
     unused_convs,
     wrap_units,
@@ -74,8 +75,9 @@ class CalibrateOptions:
 
 
 def prepare(scorer: nn.Module, calibration: np.ndarray, options: CalibrateOptions) -> list[QuantUnit]:
-    """Fold BN, find and wrap the units, choose each activation's grid (signed, or unsigned after a ReLU) and record
-    activation ranges on ``calibration`` images."""
+    """Fold BN, find and wrap the units, choose each activation's grid (signed, or unsigned after a ReLU), record
+    activation ranges on ``calibration`` images, and quantize conv inputs that other operations read too (residual
+    block outputs) once for all their readers."""
     scorer.eval()
     with torch.no_grad():
         fold_batchnorm(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
@@ -90,6 +92,7 @@ def prepare(scorer: nn.Module, calibration: np.ndarray, options: CalibrateOption
             scorer(torch.from_numpy(np.ascontiguousarray(calibration[start : start + 8])))
     set_mode(scorer, "float")
     tie_activation_ranges(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
+    share_input_grids(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
     return units
 
 

@@ -172,6 +172,8 @@ class QuantConv2d(nn.Module):
         self.mode: Literal["float", "calibrate", "quant"] = "float"
         self.in_observer = RangeObserver(observer, percentile)
         self.out_observer = RangeObserver(observer, percentile)
+        self.shares_input_grid = False
+        """Every reader of this conv's input reads it quantized (``units.share_input_grids``)."""
 
     @property
     def weight_bits(self) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from edge_inspector.quantization.fakequant import ObserverKind, Precision, QuantConv2d
+from edge_inspector.quantization.fakequant import ObserverKind, Precision, QuantConv2d, fake_quant_act
 
 
 @dataclass
@@ -213,6 +213,8 @@ class _ActivationTrace:
     ReLU6, hardtanh / clamp from 0), None for any other call."""
     relu_of: dict[int, int] = field(default_factory=dict)
     """output id of a ReLU-like call -> id of the tensor it clipped."""
+    module_outputs: dict[int, str] = field(default_factory=dict)
+    """tensor id -> the innermost module (not a wrapped conv) that returned it."""
 
 
 def _relu_clip(func, args: tuple, kwargs: dict) -> float | None:
@@ -240,18 +242,19 @@ def _relu_clip(func, args: tuple, kwargs: dict) -> float | None:
 def _trace_activations(model: nn.Module, example: torch.Tensor) -> _ActivationTrace:
     """One forward in ``float`` mode (observers untouched) recording tensor producers and readers: module hooks
     for the wrapped convs, a torch-function mode for everything else (HaloAE's forward uses Python-int shapes,
-    which torch.fx refuses)."""
+    which torch.fx refuses). Calls inside a wrapped conv (its own pad and conv) are the conv's read, not others'."""
     from torch.overrides import TorchFunctionMode
 
     modules = quant_modules(model)
     trace = _ActivationTrace()
     alive: list[torch.Tensor] = []  # keeps tensors alive so their ids stay unique during the pass
+    inside_conv = [0]
 
     class Readers(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
-            if not isinstance(out, torch.Tensor):  # .shape, .size(), .dim(): metadata, not a use of the values
+            if not isinstance(out, torch.Tensor) or inside_conv[0]:  # .shape, .dim(): metadata, not values
                 return out
             clip = _relu_clip(func, args, kwargs)
             flat = [a for arg in args for a in (arg if isinstance(arg, (list, tuple)) else [arg])]
@@ -267,13 +270,23 @@ def _trace_activations(model: nn.Module, example: torch.Tensor) -> _ActivationTr
         def hook(module: nn.Module, inputs: tuple) -> None:
             alive.append(inputs[0])
             trace.conv_readers.setdefault(id(inputs[0]), []).append(name)
+            inside_conv[0] += 1
 
         return hook
 
     def on_output(name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            inside_conv[0] -= 1
             alive.append(output)
             trace.produced[id(output)] = f"{name}:out"
+
+        return hook
+
+    def on_module_output(name: str):
+        def hook(module: nn.Module, inputs: tuple, output) -> None:
+            if isinstance(output, torch.Tensor) and not inside_conv[0]:
+                alive.append(output)
+                trace.module_outputs.setdefault(id(output), name)  # hooks fire innermost first
 
         return hook
 
@@ -281,6 +294,10 @@ def _trace_activations(model: nn.Module, example: torch.Tensor) -> _ActivationTr
     for name, module in modules.items():
         handles.append(module.register_forward_pre_hook(on_input(name)))
         handles.append(module.register_forward_hook(on_output(name)))
+    wrapped_parts = {f"{name}.{child}" for name in modules for child, _ in modules[name].named_modules() if child}
+    for name, module in model.named_modules():
+        if name and name not in modules and name not in wrapped_parts:
+            handles.append(module.register_forward_hook(on_module_output(name)))
     modes = {name: m.mode for name, m in modules.items()}
     set_mode(model, "float")
     try:
@@ -298,6 +315,8 @@ def _unsigned_outputs(trace: _ActivationTrace) -> dict[int, float]:
     """Conv-output tensor id -> clip, for outputs whose every reader is the same ReLU-like clip from 0."""
     found = {}
     for tensor_id in trace.produced:
+        if tensor_id in trace.conv_readers:  # a conv reading it directly sees its negative values too
+            continue
         clips = set(trace.reader_clips.get(tensor_id, []))
         if len(clips) == 1 and None not in clips:
             found[tensor_id] = clips.pop()
@@ -361,6 +380,49 @@ def tie_activation_ranges(model: nn.Module, example: torch.Tensor) -> list[list[
             if clip is not None:
                 o.unsigned_clip = clip
     return tied
+
+
+class SharedInputQuant:
+    """Forward hook of a module whose output quantized convs read *and* other operations read (a residual block's
+    output: the next block's first conv and its skip add): in ``quant`` mode the output itself goes onto the
+    convs' input grid, so every reader sees the same 8-bit tensor, as in the QDQ graph, where every reader then
+    reads the one Q/DQ pair (``export.qdq``, ``ConvQuant.input_shared``).
+
+    Why: with only the conv's input quantized, ONNX Runtime ran each residual add in float between a
+    DequantizeLinear per input and a QuantizeLinear (7 adds, 17 Q/DQ nodes on the Lite0 backbone); with the shared
+    grid they become integer ``QLinearAdd`` nodes. TensorRT fuses a residual add into an INT8 conv only when the
+    add's inputs are quantized like this. A callable object rather than a closure, so ``copy.deepcopy`` of a
+    prepared model points the copy's hook at the copy's convs."""
+
+    def __init__(self, readers: list[QuantConv2d]):
+        self.readers = readers
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor):
+        reader = next((r for r in self.readers if r.quantized), None)
+        if reader is None:
+            return None
+        return fake_quant_act(output, reader.in_observer.scale(), reader.in_observer.unsigned)
+
+
+@torch.no_grad()
+def share_input_grids(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Hook ``SharedInputQuant`` onto every module whose output a wrapped conv reads and something else reads too,
+    and flag those convs (``QuantConv2d.shares_input_grid``); returns the hooked modules. Run after
+    ``tie_activation_ranges`` (the readers must share one range). A tensor that no module returns (computed
+    inside a forward) keeps the conv-only quantization, on both sides."""
+    modules = quant_modules(model)
+    trace = _trace_activations(model, example)
+    hooked = []
+    for tensor_id, names in trace.conv_readers.items():
+        producer = trace.module_outputs.get(tensor_id)
+        if tensor_id in trace.produced or not trace.reader_clips.get(tensor_id) or producer is None:
+            continue
+        readers = [modules[n] for n in dict.fromkeys(names)]
+        model.get_submodule(producer).register_forward_hook(SharedInputQuant(readers))
+        for reader in readers:
+            reader.shares_input_grid = True
+        hooked.append(producer)
+    return hooked
 
 
 def _observer(modules: dict[str, QuantConv2d], slot: str):

@@ -53,3 +53,38 @@ def make_tiny_net(seed: int = 0, width: int = 8) -> TinyNet:
         net.stem_bn.weight.uniform_(0.5, 1.5)
         net.stem_bn.bias.uniform_(-0.2, 0.2)
     return net.eval()
+
+
+class ResidualBlock(nn.Module):
+    """1x1 expand -> ReLU -> 1x1 project, plus the input (MBConv's shape without the depthwise conv)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.expand = nn.Conv2d(width, 2 * width, 1)
+        self.project = nn.Conv2d(2 * width, width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.project(torch.relu(self.expand(x)))
+
+
+class ResidualChain(nn.Module):
+    """stem conv -> 3 residual blocks -> 1x1 head; block 1's output is also pooled into the output (a side reader,
+    like the location head reading a backbone stage)."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.blocks = nn.Sequential(*(ResidualBlock(width) for _ in range(3)))
+        self.head = nn.Conv2d(width, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x1 = self.blocks[0](x)
+        x2 = self.blocks[1](x1)
+        side = torch.nn.functional.avg_pool2d(x2, 2).mean(dim=(1, 2, 3)).view(-1, 1, 1, 1)
+        return self.head(self.blocks[2](x2)) + side
+
+
+def make_residual_chain(seed: int = 0, width: int = 8) -> ResidualChain:
+    torch.manual_seed(seed)
+    return ResidualChain(width).eval()

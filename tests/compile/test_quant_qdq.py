@@ -252,3 +252,69 @@ def test_index_tables_narrow_to_int32_exactly():
     types = {t.name: t.data_type for t in model.graph.initializer}
     assert types == {"idx": TensorProto.INT32, "shape": TensorProto.INT64}
     np.testing.assert_array_equal(ort_session(model).run(None, {"x": x})[0], before)
+
+
+def test_residual_block_outputs_are_quantized_once_for_every_reader(tmp_path):
+    """A block output that the next block's conv, its skip add and a side pool all read: one Q/DQ pair they all
+    read (torch quantizes the block output itself), so ONNX Runtime runs the adds as integer QLinearAdd; ORT
+    matches the fake-quant torch model."""
+    import copy
+
+    import onnxruntime as ort
+
+    from edge_inspector.quantization.units import SharedInputQuant, share_input_grids
+    from tests.compile.quant_nets import make_residual_chain
+
+    torch.set_num_threads(1)
+    net = make_residual_chain(seed=3)
+    calib = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    units = discover_units(net)
+    wrap_units(net, units)
+    mark_unsigned_activations(net, calib[:1])
+    set_mode(net, "calibrate")
+    with torch.no_grad():
+        net(calib)
+    set_mode(net, "float")
+    tie_activation_ranges(net, calib[:1])
+    # blocks.0 and blocks.1 outputs have readers besides a conv; blocks.2's only reader is the head conv, and the
+    # stem's output is a conv's, quantized where it is made
+    with torch.no_grad():
+        float_output = net(calib)
+    assert share_input_grids(net, calib[:1]) == ["blocks.0", "blocks.1"]
+    modules = quant_modules(net)
+    assert [n for n, m in modules.items() if m.shares_input_grid] == ["blocks.1.expand", "blocks.2.expand"]
+    path = tmp_path / "fp32.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (calib[:1],), str(path), dynamo=False, opset_version=21,
+                          input_names=["x"], output_names=["y"])
+    set_mode(net, "quant")
+    apply_plan(net, units, {u.name: "w8a8" for u in units})
+    model = _qdq(net, onnx.load(str(path)))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    assert len(adds) == 4  # three skip adds and the side output
+    for add in adds[1:3]:  # blocks.1 and blocks.2 read their input through its Q/DQ pair
+        assert {producer[i].op_type for i in add.input} == {"DequantizeLinear"}
+    pool = next(n for n in model.graph.node if n.op_type == "AveragePool")
+    assert producer[pool.input[0]].op_type == "DequantizeLinear"
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert fused.count("QLinearAdd") >= 2 and fused.count("QLinearConv") == len(modules)
+    with torch.no_grad():
+        reference = net(calib).numpy()
+    session = ort_session(model)
+    got = np.concatenate([session.run(None, {"x": calib[i : i + 1].numpy()})[0] for i in range(len(calib))])
+    step = float(modules["head"].out_observer.scale())
+    # identical here; one output step of margin for other CPUs' kernels (a torch side that left the skip reads
+    # unquantized was 2 steps off)
+    assert np.abs(got - reference).max() <= step + 1e-6
+    # a deep copy's hooks quantize on the copy's convs (what bench_hqs does with prepared scorers)
+    twin = copy.deepcopy(net)
+    hook = next(h for h in twin.blocks[0]._forward_hooks.values() if isinstance(h, SharedInputQuant))
+    assert hook.readers == [quant_modules(twin)["blocks.1.expand"]]
+    set_mode(net, "float")  # and outside quant mode the hooks change nothing
+    with torch.no_grad():
+        assert torch.equal(net(calib), float_output)
