@@ -77,8 +77,8 @@ class OrtEngine:
         options.graph_optimization_level = _OPTIMIZATION[self.settings.graph_optimization]
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # ORT's own warnings would bypass our structured logs
-        # Idle pool threads must sleep, not spin: on an edge box they share the cores with capture and decision.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Idle pool threads sleep unless asked to spin: on an edge box they share the cores with capture and decision.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.settings.spin_wait else "0")
         self.providers = providers or ["CPUExecutionProvider"]
         # 4-bit weights are stored as INT4 (small file) and run as INT8 integer kernels (fast): same codes;
         # weight-only INT8 blocks are dequantized once here instead of on every image
@@ -148,6 +148,7 @@ class OrtEngine:
             "providers": ",".join(self.session.get_providers()),
             "intra_op_threads": str(self.settings.intra_op_threads or os.cpu_count()),
             "graph_optimization": self.settings.graph_optimization,
+            "spin_wait": str(self.settings.spin_wait).lower(),
             "int4_weights_widened": str(self.load_rewrites["int4_widened"]),
             "blocked_weights_folded": str(self.load_rewrites["blocked_dq_folded"]),
         }

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds the timed runs are spread over (default 5)")
     parser.add_argument("--threads", type=int, nargs="+", default=[0], metavar="N",
                         help="ONNX Runtime intra-op threads to try (0 = one per core; default 0)")
+    parser.add_argument("--spin-wait", action="store_true",
+                        help="ONNX Runtime threads spin between operators (engine.spin_wait; default: they sleep)")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
                         help="engines to try (default: both; TensorRT rows say why when it cannot run here)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON (command, date, machine, rows)")
@@ -123,7 +125,8 @@ def open_rows(bundles: list, args: argparse.Namespace) -> list[tuple[Row, Any, n
         for backend in args.backends:
             for threads in (args.threads if backend == "onnxruntime" else [None]):
                 row = Row(backend=backend, threads=threads, **common)
-                settings = EngineSettings(backend=backend, intra_op_threads=threads or 0, warmup_runs=args.warmup)
+                settings = EngineSettings(backend=backend, intra_op_threads=threads or 0, warmup_runs=args.warmup,
+                                          spin_wait=args.spin_wait)
                 try:
                     engine = open_engine(bundle, settings)  # warms up too
                 except EdgeInspectorError as exc:  # e.g. TensorRT not installed, no plan for this GPU
@@ -209,6 +212,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--models " + " ".join(args.models))
     parts += [f"--runs {args.runs}", f"--warmup {args.warmup}", f"--rounds {args.rounds}",
               "--threads " + " ".join(map(str, args.threads)), "--backends " + " ".join(args.backends)]
+    if args.spin_wait:
+        parts.append("--spin-wait")
     return " ".join(parts + ([f"--json {args.json}"] if args.json else []))
 
 

@@ -59,9 +59,11 @@ def test_two_bundles_side_by_side_with_json(bundles, capsys, tmp_path):
     assert any("tensorrt" in line and "skipped:" in line for line in lines)
 
 
-def test_onnxruntime_only_needs_no_tensorrt_row(bundles, capsys):
-    code, out, _ = bench(capsys, "--model", bundles[0], "--runs", 2, "--warmup", 0, "--backends", "onnxruntime")
+def test_onnxruntime_only_needs_no_tensorrt_row(bundles, capsys, tmp_path):
+    code, out, _ = bench(capsys, "--model", bundles[0], "--runs", 2, "--warmup", 0, "--backends", "onnxruntime",
+                         "--spin-wait", "--json", tmp_path / "b.json")
     assert code == 0 and "tensorrt" not in out and "threads=auto" in out
+    assert "--spin-wait" in json.loads((tmp_path / "b.json").read_text())["command"]
 
 
 def test_bad_input_is_a_clear_error(bundles, capsys, tmp_path):

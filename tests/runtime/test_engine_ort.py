@@ -30,6 +30,10 @@ def test_infers_map_and_score_at_model_size(bundle):
     described = engine.describe()
     assert described["backend"] == "onnxruntime" and described["intra_op_threads"] == "1"
     assert described["graph_optimization"] == "basic" and "CPUExecutionProvider" in described["providers"]
+    assert described["spin_wait"] == "false"  # idle threads sleep unless the config asks them to spin
+    spinning = OrtEngine(bundle, EngineSettings(intra_op_threads=2, spin_wait=True))
+    assert spinning.describe()["spin_wait"] == "true"
+    np.testing.assert_array_equal(spinning.infer(image).anomaly_map, out.anomaly_map)
 
 
 def test_wrong_image_shape_is_an_engine_error(bundle):
