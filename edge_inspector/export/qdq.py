@@ -15,7 +15,9 @@ Per quantized conv the graph becomes::
 with symmetric grids: weights int8/int4 with zero point 0; signed activations uint8 with zero point 128 (by default,
 see ``ORT_DISABLED_OPTIMIZERS``) or int8 with zero point 0; activations on the unsigned grid (after a ReLU, see
 ``quantization.fakequant``) uint8 with zero point 0, which lets ONNX Runtime drop the ReLU's Clip between convs. A tensor already on a grid (a quantized conv's output read
-by the next conv, one input read by q/k/v) is quantized once. ONNX Runtime fuses ``DQ -> Conv -> Q`` into an
+by the next conv, one input read by q/k/v) is quantized once; where the torch side quantizes a conv input for all
+its readers (``ConvQuant.input_shared``: a residual block's output, read by the skip add too), every reader reads
+that one DQ. ONNX Runtime fuses ``DQ -> Conv -> Q`` into an
 integer ``QLinearConv``. 4-bit weights are written as their 4-bit grid in INT8 containers (runs as INT8 everywhere), or as
 true ``INT4`` initializers when ``small=True`` (opset >= 21; half the bytes). The engines widen INT4 back into INT8
 containers when they load a graph (``engines.graph_prep.widen_int4_initializers``), so both forms run the same
