@@ -86,6 +86,8 @@ class QuantizationSpec(StrictModel):
     weight_bytes: int | None = None
     table: str | None = None
     """Path (inside the repo's calibration/ folder or the bundle) of the per-layer HQS table."""
+    target: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    """The engine the activation grids were calibrated for (``calibrate --target``)."""
 
 
 class TrainingInfo(StrictModel):

@@ -394,7 +394,8 @@ def prepare_graph(
     if qdq_rewrites["unsigned_to_int8"]:
         warnings.append(
             f"{qdq_rewrites['unsigned_to_int8']} Q/DQ nodes on the unsigned activation grid (ReLU outputs) moved to "
-            "the signed INT8 grid at twice the step: TensorRT has no unsigned INT8, so those activations get 7 bits"
+            "the signed INT8 grid at twice the step: TensorRT has no unsigned INT8, so those activations get 7 bits "
+            "(calibrate --target tensorrt writes signed grids only)"
         )
     qdq = sum(n.op_type in QDQ_OPS for n in source.graph.node)
     if qdq and opset < FP16_SCALE_OPSET:

@@ -337,6 +337,11 @@ def narrow_index_initializers(model: onnx.ModelProto) -> int:
             continue
         model.graph.initializer[i].CopyFrom(numpy_helper.from_array(value.astype(np.int32), t.name))
         saved += value.size * 4
+        # the exporter also records the table's type in value_info; left at int64, shape inference (FP16
+        # preparation for TensorRT) refuses the graph
+        for info in model.graph.value_info:
+            if info.name == t.name:
+                info.type.tensor_type.elem_type = TensorProto.INT32
     return saved
 
 

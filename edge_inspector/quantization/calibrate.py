@@ -47,6 +47,7 @@ from edge_inspector.quantization.units import (
 )
 from edge_inspector.training.scoring import heads_needed
 
+TARGETS = ("onnxruntime", "tensorrt")
 TRAINING_ONLY = ("model.image_head", "model.classifier")
 """Heads that only shape training: not exported, never quantized."""
 
@@ -68,6 +69,10 @@ class CalibrateOptions:
     small: bool = True
     """Write 4-bit weights as true INT4 initializers (half their bytes; the engines widen them to INT8 containers
     on load, so they still run as integer kernels). False: INT8 containers in the file too."""
+    target: str = "onnxruntime"
+    """The engine the bundle is for. ``onnxruntime``: activations read only by a ReLU use the unsigned 8-bit grid
+    (what ORT's CPU kernels run fast). ``tensorrt``: every activation on the signed grid, which TensorRT runs as
+    calibrated (it has no unsigned INT8; an onnxruntime bundle loses one bit on those activations there)."""
     seed: int = 0
     latency_runs: int = 10
     threads: int = 1
@@ -85,7 +90,10 @@ def prepare(scorer: nn.Module, calibration: np.ndarray, options: CalibrateOption
     skip = TRAINING_ONLY + ("model.location",) + unused_convs(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
     units = discover_units(scorer, skip=skip)
     wrap_units(scorer, units, options.observer, options.percentile)
-    mark_unsigned_activations(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
+    if options.target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {options.target!r}")
+    if options.target == "onnxruntime":
+        mark_unsigned_activations(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
     set_mode(scorer, "calibrate")
     with torch.no_grad():
         for start in range(0, len(calibration), 8):
@@ -272,6 +280,7 @@ def export_qdq_bundle(scorer, fp32_bundle, out_dir: Path, result: HqsResult, opt
             keep_fp32_nodes=softmax,
             weight_bytes=initializer_bytes(graph),
             table=f"calibration/{plan_name}.yaml",
+            target=options.target,
         )
         manifest.score.image, manifest.score.pixel = stats.image, stats.pixel
         manifest.thresholds = thresholds

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--observer", choices=("minmax", "percentile"), default="percentile",
                         help="activation range observer (default percentile 99.99)")
     parser.add_argument("--hessian-samples", type=int, default=4, help="Hutchinson samples (0 skips the HAWQ term)")
+    parser.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+                        help="engine the bundle is for: onnxruntime (default; unsigned 8-bit grids after ReLUs, "
+                             "fast on CPU) or tensorrt (signed grids only, which TensorRT runs exactly as calibrated)")
     parser.add_argument("--plan-dir", default=None,
                         help="also write the plan YAML + markdown here (e.g. the repository's calibration/)")
     parser.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (0 = all cores)")
@@ -74,7 +77,8 @@ def print_report(rows: list[dict], summary: dict) -> None:
     print()
     for key in ("average_weight_bits", "precisions", "graph_bytes_fp32", "graph_bytes_hqs", "size_ratio",
                 "probe_image_auroc_fp32", "probe_image_auroc_hqs", "probe_pixel_auroc_fp32", "probe_pixel_auroc_hqs",
-                "latency_p50_ms_fp32", "latency_p50_ms_hqs", "speed_ratio", "parity", "repair_within_tolerance"):
+                "latency_p50_ms_fp32", "latency_p50_ms_hqs", "speed_ratio", "parity", "target",
+                "repair_within_tolerance"):
         if key in summary:
             print(f"{key:<26} {summary[key]}")
 
@@ -111,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
         budget_bits=budget_bits, budget_bytes=args.budget_bytes, tolerance=args.tolerance,
         n_calibration=args.calibration_images, n_probe_normal=args.probe_images, n_probe_defects=args.probe_images,
         observer=args.observer, hessian_samples=args.hessian_samples,
-        qat=QatOptions(steps=args.qat_steps, lr=args.qat_lr), small=args.small,
+        qat=QatOptions(steps=args.qat_steps, lr=args.qat_lr), small=args.small, target=args.target,
         threads=args.threads or torch.get_num_threads(), progress=not args.no_progress,
     )
     if args.threads:
@@ -155,6 +159,7 @@ def main(args: argparse.Namespace) -> int:
         "latency_p50_ms_hqs": round(hqs_ms, 2),
         "speed_ratio": round(hqs_ms / fp32_ms, 3),
         "parity": {k: float(f"{v:.3g}") for k, v in check.items()},
+        "target": options.target,
         "bundle": str(bundle.path),
     })
     folders = [Path(args.out) / "calibration"] + ([Path(args.plan_dir)] if args.plan_dir else [])

@@ -96,3 +96,34 @@ def test_calibrate_a_location_head_bundle_refits_the_head_and_stores_int8_factor
     # layers pass such steps on (seen here: 0.3-1.8%, also for an elementwise input normalisation instead of the
     # 1x1 conv); a wrong grid, scale or zero point is off by far more (the tiny-net tests hold each conv to 2 steps)
     assert summary["parity"]["max_score_diff"] < 2e-2 and summary["qat_steps"] == 0
+
+
+@pytest.mark.slow
+def test_calibrate_for_tensorrt_writes_signed_grids_only(tmp_path, capsys):
+    """``--target tensorrt``: no activation on the unsigned grid, so TensorRT preparation has nothing inexact to do."""
+    from onnx import numpy_helper
+
+    from edge_inspector.engines.graph_prep import prepare_bundle_graph
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    data = write_synthetic_category(tmp_path / "tiles", n_train=14, n_test_good=1, n_test_defect=1)
+    preset = load_preset("haloae-lite", OVERRIDES)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", build_model(preset.model, pretrained=False), preset)
+    common = ["--model", str(checkpoint), "--data", str(data), "--budget-bits", "8", "--qat-steps", "0",
+              "--probe-images", "2", "--calibration-images", "4", "--hessian-samples", "0", "--threads", "1",
+              "--no-progress"]
+    unsigned = {}
+    for target in ("onnxruntime", "tensorrt"):
+        out = tmp_path / target
+        assert cli.main(["calibrate", *common, "--out", str(out), "--target", target]) == 0, capsys.readouterr().out
+        bundle = load_bundle(out)
+        assert bundle.manifest.quantization.target == target
+        graph = onnx.load(str(bundle.onnx_path))
+        inits = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+        zero_points = [inits[n.input[2]] for n in graph.graph.node if n.op_type == "QuantizeLinear"]
+        unsigned[target] = sum(int(z.dtype == "uint8" and z == 0) for z in zero_points)
+        report = prepare_bundle_graph(bundle, tmp_path / f"{target}.fp16.onnx")
+        assert report.unsigned_to_int8 == (0 if target == "tensorrt" else report.unsigned_to_int8)
+        assert bool(report.warnings) == (target == "onnxruntime")
+    assert unsigned["onnxruntime"] > 0 and unsigned["tensorrt"] == 0
