@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (name, in channels, out channels, kernel, stride, groups, input side): Lite0 layers at a 256x256 input
 CASES = [
     ("stem 3x3 s2, 3->32", 3, 32, 3, 2, 1, 256),
+    ("stem as space-to-depth 2x2, 12->32 @128", 12, 32, 2, 1, 1, 128),  # the same stem on a 2x2-blocked input
     ("depthwise 3x3, 32 @128", 32, 32, 3, 1, 32, 128),
     ("depthwise 3x3, 144 @64", 144, 144, 3, 1, 144, 64),
     ("depthwise 5x5, 240 @32", 240, 240, 5, 1, 240, 32),

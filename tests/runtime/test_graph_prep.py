@@ -285,3 +285,20 @@ def test_onnxruntime_preparation_folds_the_blocked_factor_exactly():
     outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": image})
                for m in (model, folded)]
     np.testing.assert_array_equal(outputs[1][0], outputs[0][0])
+
+
+def test_pins_work_on_graphs_that_carry_value_info():
+    """The torch exporter records types in value_info, initializers' included; the FP16 converter left those FP16
+    beside a pinned node that reads an initializer in FP32, and onnx.checker then refused the graph."""
+    graph = onnx.shape_inference.infer_shapes(conv_graph(16, 16, qdq=True))
+    graph.graph.value_info.extend(
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.graph.initializer)
+    pinned = [n.name for n in graph.graph.node if n.op_type == "Mul" and any(
+        i in {t.name for t in graph.graph.initializer} for i in n.input)]
+    assert pinned  # a pinned node that reads a float initializer
+    prepared, report = prepare_graph(graph, keep_fp32_nodes=pinned)
+    types = _types(prepared)
+    for node in prepared.graph.node:
+        if node.name in pinned:
+            assert types[node.output[0]] == TensorProto.FLOAT
+    assert set(pinned) <= set(report.fp32_nodes)
