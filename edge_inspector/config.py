@@ -33,7 +33,8 @@ class EngineSettings(StrictModel):
     inter_op_threads: int = Field(1, ge=1)
     spin_wait: bool = False
     """Let ONNX Runtime's idle pool threads spin between operators instead of sleeping. Faster with more than one
-    thread (measured on 2 cores: HaloAE-lite 7.3 -> 5.5 ms FP32, 5.1 -> 3.7 ms HQS), but the spinning threads take
+    thread (``edge-inspector bench`` on 2 cores, 2 threads: HaloAE-lite 6.8 -> 5.6 ms FP32, 4.7 -> 3.7 ms HQS; no
+    change at 1 thread), but the spinning threads take
     CPU that capture, decision and publishing on the same box would otherwise get; off by default."""
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     warmup_runs: int = Field(2, ge=0)
