@@ -7,6 +7,7 @@ Test images are never touched.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from edge_inspector.quantization.bitplan import UnitCost, allocate, capacity_bit
 from edge_inspector.quantization.qat import QatOptions, QatReport, finetune
 from edge_inspector.quantization.report import plan_rows, write_plan
 from edge_inspector.quantization.sensitivity import Prober, measure_signals
+from edge_inspector.log import kv
 from edge_inspector.quantization.units import (
     QuantUnit,
     apply_plan,
@@ -46,6 +48,8 @@ from edge_inspector.quantization.units import (
     wrap_units,
 )
 from edge_inspector.training.scoring import heads_needed
+
+log = logging.getLogger(__name__)
 
 TARGETS = ("onnxruntime", "tensorrt")
 TRAINING_ONLY = ("model.image_head", "model.classifier")
@@ -208,7 +212,11 @@ def run_hqs(
     if "location" in heads:
         refit_location(scorer, fit_images)
     # QAT moved the weights: the reference stays the FP32 model the prober measured first
-    _, metrics_hqs = auroc_drop(prober, repaired.plan)
+    drop, metrics_hqs = auroc_drop(prober, repaired.plan)
+    if drop > options.tolerance:
+        log.warning("after stage 2 the probe AUROC drop exceeds the tolerance",
+                    extra=kv(drop_points=round(drop, 2), tolerance=options.tolerance,
+                             before_stage2=round(repaired.drop, 2)))
     apply_plan(scorer, units, repaired.plan)
     set_mode(scorer, "quant")
     return HqsResult(units, signals, repaired.plan, allocated, repaired, qat_report,
@@ -247,7 +255,16 @@ def summary_of(result: HqsResult, options: CalibrateOptions) -> dict[str, Any]:
         "probe_image_auroc_hqs": now["image_auroc"],
         "probe_pixel_auroc_fp32": ref["pixel_auroc"],
         "probe_pixel_auroc_hqs": now["pixel_auroc"],
+        # repair judged the plan before stage 2 (QAT / location refit); this is the shipped model's drop
+        "final_probe_drop": round(final_drop(result), 2),
+        "final_within_tolerance": final_drop(result) <= options.tolerance,
     }
+
+
+def final_drop(result: HqsResult) -> float:
+    """Probe-set AUROC drop (points, the worse of image and pixel) of the model after stage 2."""
+    ref, now = result.metrics_fp32, result.metrics_hqs
+    return float(np.nan_to_num(max(ref["image_auroc"] - now["image_auroc"], ref["pixel_auroc"] - now["pixel_auroc"])))
 
 
 def finish_plan_files(result: HqsResult, summary: dict[str, Any], folders: list[Path], name: str) -> list[Path]:

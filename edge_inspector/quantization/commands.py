@@ -78,7 +78,7 @@ def print_report(rows: list[dict], summary: dict) -> None:
     for key in ("average_weight_bits", "precisions", "graph_bytes_fp32", "graph_bytes_hqs", "size_ratio",
                 "probe_image_auroc_fp32", "probe_image_auroc_hqs", "probe_pixel_auroc_fp32", "probe_pixel_auroc_hqs",
                 "latency_p50_ms_fp32", "latency_p50_ms_hqs", "speed_ratio", "parity", "target",
-                "repair_within_tolerance"):
+                "repair_within_tolerance", "final_probe_drop", "final_within_tolerance"):
         if key in summary:
             print(f"{key:<26} {summary[key]}")
 

@@ -43,6 +43,11 @@ def test_calibrate_writes_a_qdq_bundle_and_plan_files(tmp_path, capsys):
         doc = yaml.safe_load((folder / "tiles-haloae-lite-hqs.yaml").read_text())
         assert doc["bit_plan"] == quant.bit_plan
         assert doc["summary"]["average_weight_bits"] <= 6.0 or doc["summary"]["repair_steps"]
+        summary = doc["summary"]  # the shipped model's drop, after stage 2, against the default tolerance
+        drop = max(summary["probe_image_auroc_fp32"] - summary["probe_image_auroc_hqs"],
+                   summary["probe_pixel_auroc_fp32"] - summary["probe_pixel_auroc_hqs"])
+        assert summary["final_probe_drop"] == pytest.approx(drop, abs=0.01)
+        assert summary["final_within_tolerance"] == (drop <= 1.0)
         assert "| bits | KiB |" in (folder / "tiles-haloae-lite-hqs.md").read_text()
     assert "speed_ratio" in printed and "model.to_features" in printed
 
