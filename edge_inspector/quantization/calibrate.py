@@ -30,6 +30,7 @@ from edge_inspector.export.qdq import (
     ort_session,
 )
 from edge_inspector.quantization.bitplan import UnitCost, allocate, capacity_bits, plan_bits, repair
+from edge_inspector.quantization.fakequant import PRECISION_WEIGHT_BITS
 from edge_inspector.quantization.qat import QatOptions, QatReport, finetune
 from edge_inspector.quantization.report import plan_rows, write_plan
 from edge_inspector.quantization.sensitivity import Prober, measure_signals
@@ -188,6 +189,8 @@ def run_hqs(
     rng = np.random.default_rng(options.seed)
     calibration = fit_images[rng.permutation(len(fit_images))[: options.n_calibration]]
     units = prepare(scorer, calibration, options)
+    if options.target == "onnxruntime":
+        pin_narrow_input_convs(scorer, units)
     model = scorer.model
     loss_images = model.normalize(torch.from_numpy(np.ascontiguousarray(calibration[:2])))
 
@@ -200,7 +203,15 @@ def run_hqs(
                               options.progress, prober=prober)
     costs = [UnitCost(s.name, u.params, dict(s.score), u.min_bits) for s, u in zip(signals, units)]
     capacity = capacity_bits(costs, options.budget_bits, options.budget_bytes)
+    # FP32 pins (pin_narrow_input_convs) are a latency decision outside the budget, like repair's promotions:
+    # charged at 32 bits, the stem's few hundred weights pushed an early, sensitive unit down to 4 bits
+    keep_pinned = [c for c in costs if c.min_bits >= PRECISION_WEIGHT_BITS["keep"]]
+    capacity += sum(c.params * (PRECISION_WEIGHT_BITS["keep"] - 8) for c in keep_pinned)
     allocated = allocate(costs, capacity)
+    # Repair judges plans before stage 2 (QAT, the location refit), on the FP32 model's head; the summary reports
+    # the shipped model's drop after it (``final_probe_drop``). Tried: the location refit inside repair (it is
+    # closed form) made the 16+16-image probe's drop non-monotonic (a promotion raised it 1.57 -> 1.69) and repair
+    # chased that noise into six promotions and 0.74x FP32 latency, for a test-set accuracy the plan below has too.
     repaired = repair(costs, allocated, lambda plan: auroc_drop(prober, plan)[0], options.tolerance)
     apply_plan(scorer, units, repaired.plan)
     set_mode(scorer, "quant")
@@ -222,6 +233,30 @@ def run_hqs(
     return HqsResult(units, signals, repaired.plan, allocated, repaired, qat_report,
                      prober.metrics(prober.reference), metrics_hqs, sum(u.params for u in units),
                      plan_bits(costs, repaired.plan), plan_rows(units, signals, repaired.plan))
+
+
+NARROW_INPUT_CHANNELS = 4
+"""A (non-grouped) conv reading at most this many channels, the image's first conv, stays FP32 on ONNX Runtime."""
+
+
+def pin_narrow_input_convs(scorer: nn.Module, units: list[QuantUnit]) -> list[str]:
+    """Pin to ``keep`` the units whose conv reads few channels (the first conv on the 3-channel image); returns them.
+
+    Why, for the ONNX Runtime target only: ORT's integer conv runs a 3-channel 3x3 stem 2.2-2.5x slower than its
+    float conv, also when rewritten as a 2x2 conv on a space-to-depth input (``benchmarks/bench_int8_kernels.py``),
+    and such a conv holds a few hundred weights, so INT8 saves neither time nor bytes. A plan with the Lite0 stem
+    at W8A8 and block 0's depthwise conv in FP32 (an FP32 conv between two integer ones) ran at 0.77x FP32 latency,
+    against 0.67x with both in FP32 (2 threads, one-off check).
+    """
+    modules = quant_modules(scorer)
+    pinned = []
+    for unit in units:
+        convs = [modules[name].conv for name in unit.convs]
+        if all(c.groups == 1 and c.in_channels <= NARROW_INPUT_CHANNELS for c in convs):
+            unit.min_bits = PRECISION_WEIGHT_BITS["keep"]
+            unit.pin_reason = f"reads {convs[0].in_channels} channels: FP32 on ONNX Runtime"
+            pinned.append(unit.name)
+    return pinned
 
 
 @torch.no_grad()

@@ -42,7 +42,10 @@ def test_calibrate_writes_a_qdq_bundle_and_plan_files(tmp_path, capsys):
     for folder in (out / "calibration", plans):
         doc = yaml.safe_load((folder / "tiles-haloae-lite-hqs.yaml").read_text())
         assert doc["bit_plan"] == quant.bit_plan
-        assert doc["summary"]["average_weight_bits"] <= 6.0 or doc["summary"]["repair_steps"]
+        # the budget holds unless repair promoted units; the stem's FP32 pin (3 input channels) is outside it
+        stem_extra_bits = 3 * 32 * 9 * (32 - 8) if quant.bit_plan["model.backbone.net._conv_stem"] == "keep" else 0
+        budget_bits = (doc["summary"]["unit_weight_bytes"] * 8 - stem_extra_bits) / doc["summary"]["weights"]
+        assert budget_bits <= 6.0 + 1e-6 or doc["summary"]["repair_steps"]
         summary = doc["summary"]  # the shipped model's drop, after stage 2, against the default tolerance
         drop = max(summary["probe_image_auroc_fp32"] - summary["probe_image_auroc_hqs"],
                    summary["probe_pixel_auroc_fp32"] - summary["probe_pixel_auroc_hqs"])
@@ -124,6 +127,9 @@ def test_calibrate_for_tensorrt_writes_signed_grids_only(tmp_path, capsys):
         assert cli.main(["calibrate", *common, "--out", str(out), "--target", target]) == 0, capsys.readouterr().out
         bundle = load_bundle(out)
         assert bundle.manifest.quantization.target == target
+        # the stem reads the 3-channel image: FP32 for ONNX Runtime (its integer kernels are slower there)
+        stem = bundle.manifest.quantization.bit_plan["model.backbone.net._conv_stem"]
+        assert (stem == "keep") == (target == "onnxruntime")
         graph = onnx.load(str(bundle.onnx_path))
         inits = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
         zero_points = [inits[n.input[2]] for n in graph.graph.node if n.op_type == "QuantizeLinear"]
