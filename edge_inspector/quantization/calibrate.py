@@ -29,12 +29,12 @@ from edge_inspector.export.qdq import (
     narrow_index_initializers,
     ort_session,
 )
+from edge_inspector.log import kv
 from edge_inspector.quantization.bitplan import UnitCost, allocate, capacity_bits, plan_bits, repair
 from edge_inspector.quantization.fakequant import PRECISION_WEIGHT_BITS
 from edge_inspector.quantization.qat import QatOptions, QatReport, finetune
 from edge_inspector.quantization.report import plan_rows, write_plan
 from edge_inspector.quantization.sensitivity import Prober, measure_signals
-from edge_inspector.log import kv
 from edge_inspector.quantization.units import (
     QuantUnit,
     apply_plan,
@@ -242,9 +242,10 @@ NARROW_INPUT_CHANNELS = 4
 def pin_narrow_input_convs(scorer: nn.Module, units: list[QuantUnit]) -> list[str]:
     """Pin to ``keep`` the units whose conv reads few channels (the first conv on the 3-channel image); returns them.
 
-    Why, for the ONNX Runtime target only: ORT's integer conv runs a 3-channel 3x3 stem 2.2-2.5x slower than its
-    float conv, also when rewritten as a 2x2 conv on a space-to-depth input (``benchmarks/bench_int8_kernels.py``),
-    and such a conv holds a few hundred weights, so INT8 saves neither time nor bytes. A plan with the Lite0 stem
+    Why, for the ONNX Runtime target only: ORT's integer conv runs a 3-channel 3x3 stem 2.3-2.6x slower than its
+    float conv; rewritten as a 2x2 conv on a space-to-depth input (12 channels) the integer kernel only matches the
+    float 3x3 stem, before the extra space-to-depth op (``benchmarks/bench_int8_kernels.py``); and such a conv
+    holds a few hundred weights, so INT8 saves neither time nor bytes. A plan with the Lite0 stem
     at W8A8 and block 0's depthwise conv in FP32 (an FP32 conv between two integer ones) ran at 0.77x FP32 latency,
     against 0.67x with both in FP32 (2 threads, one-off check).
     """
