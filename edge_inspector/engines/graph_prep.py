@@ -474,7 +474,7 @@ def verify_prepared(bundle: Bundle, prepared_path: str | Path, max_images: int =
     magnetic_tile bundle: scores 24.5 instead of 14.2 at every optimization level from ``basic`` up, 14.4 with
     none), and optimized, the original runs integer kernels where the unoptimized graph computes in float: that
     difference alone (one-step roundings passed on through ~45 layers) moved the location head's score by up to
-    4.7% with nothing converted to FP16. TensorRT's plan is checked against the line's optimized session later.
+    4.7% with nothing converted to FP16 (one-off check; the FP16 figures are ``benchmarks/bench_trt.py``'s). TensorRT's plan is checked against the line's optimized session later.
 
     Returns:
         a ``parity.ParityReport`` (prepared graph as the candidate) judged by the manifest's parity tolerances.

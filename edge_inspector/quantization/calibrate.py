@@ -88,6 +88,8 @@ def prepare(scorer: nn.Module, calibration: np.ndarray, options: CalibrateOption
     """Fold BN, find and wrap the units, choose each activation's grid (signed, or unsigned after a ReLU), record
     activation ranges on ``calibration`` images, and quantize conv inputs that other operations read too (residual
     block outputs) once for all their readers."""
+    if options.target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {options.target!r}")
     scorer.eval()
     with torch.no_grad():
         fold_batchnorm(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
@@ -95,8 +97,6 @@ def prepare(scorer: nn.Module, calibration: np.ndarray, options: CalibrateOption
     skip = TRAINING_ONLY + ("model.location",) + unused_convs(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
     units = discover_units(scorer, skip=skip)
     wrap_units(scorer, units, options.observer, options.percentile)
-    if options.target not in TARGETS:
-        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {options.target!r}")
     if options.target == "onnxruntime":
         mark_unsigned_activations(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
     set_mode(scorer, "calibrate")
@@ -203,10 +203,11 @@ def run_hqs(
                               options.progress, prober=prober)
     costs = [UnitCost(s.name, u.params, dict(s.score), u.min_bits) for s, u in zip(signals, units)]
     capacity = capacity_bits(costs, options.budget_bits, options.budget_bytes)
-    # FP32 pins (pin_narrow_input_convs) are a latency decision outside the budget, like repair's promotions:
-    # charged at 32 bits, the stem's few hundred weights pushed an early, sensitive unit down to 4 bits
-    keep_pinned = [c for c in costs if c.min_bits >= PRECISION_WEIGHT_BITS["keep"]]
-    capacity += sum(c.params * (PRECISION_WEIGHT_BITS["keep"] - 8) for c in keep_pinned)
+    # FP32 pins (pin_narrow_input_convs) are a latency decision outside the budget, like repair's promotions: the
+    # budget gets what they cost above 8 bits. Charged at 32 bits, the stem's few hundred weights pushed an early,
+    # sensitive unit down to 4 bits.
+    keep_bits, w8_bits = PRECISION_WEIGHT_BITS["keep"], PRECISION_WEIGHT_BITS["w8a8"]
+    capacity += sum(c.params * (keep_bits - w8_bits) for c in costs if c.min_bits >= keep_bits)
     allocated = allocate(costs, capacity)
     # Repair judges plans before stage 2 (QAT, the location refit), on the FP32 model's head; the summary reports
     # the shipped model's drop after it (``final_probe_drop``). Tried: the location refit inside repair (it is

@@ -18,13 +18,18 @@ OVERRIDES = ["model.width=64", "model.height=64", "model.layers=[stage2]", "mode
              "model.heads=[2,2]", "model.kernels=[3,3]", "train.holdout_fraction=0.35", "score.head=reconstruction"]
 
 
-@pytest.mark.slow
-def test_calibrate_writes_a_qdq_bundle_and_plan_files(tmp_path, capsys):
+def _tiny_checkpoint(tmp_path):
+    """(checkpoint, data folder): an untrained tiny haloae-lite (reconstruction head) and a 14-image category."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     data = write_synthetic_category(tmp_path / "tiles", n_train=14, n_test_good=1, n_test_defect=1)
     preset = load_preset("haloae-lite", OVERRIDES)
-    checkpoint = save_checkpoint(tmp_path / "model.pt", build_model(preset.model, pretrained=False), preset)
+    return save_checkpoint(tmp_path / "model.pt", build_model(preset.model, pretrained=False), preset), data
+
+
+@pytest.mark.slow
+def test_calibrate_writes_a_qdq_bundle_and_plan_files(tmp_path, capsys):
+    checkpoint, data = _tiny_checkpoint(tmp_path)
     out, plans = tmp_path / "hqs", tmp_path / "calibration"
     rc = cli.main(["calibrate", "--model", str(checkpoint), "--data", str(data), "--out", str(out),
                    "--budget-bits", "6", "--qat-steps", "2", "--probe-images", "2", "--calibration-images", "4",
@@ -113,11 +118,7 @@ def test_calibrate_for_tensorrt_writes_signed_grids_only(tmp_path, capsys):
 
     from edge_inspector.engines.graph_prep import prepare_bundle_graph
 
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    data = write_synthetic_category(tmp_path / "tiles", n_train=14, n_test_good=1, n_test_defect=1)
-    preset = load_preset("haloae-lite", OVERRIDES)
-    checkpoint = save_checkpoint(tmp_path / "model.pt", build_model(preset.model, pretrained=False), preset)
+    checkpoint, data = _tiny_checkpoint(tmp_path)
     common = ["--model", str(checkpoint), "--data", str(data), "--budget-bits", "8", "--qat-steps", "0",
               "--probe-images", "2", "--calibration-images", "4", "--hessian-samples", "0", "--threads", "1",
               "--no-progress"]
