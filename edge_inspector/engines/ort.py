@@ -150,6 +150,7 @@ class OrtEngine:
             "graph_optimization": self.settings.graph_optimization,
             "spin_wait": str(self.settings.spin_wait).lower(),
             "int4_weights_widened": str(self.load_rewrites["int4_widened"]),
+            "integer_matmuls": str(self.load_rewrites["integer_matmuls"]),
             "blocked_weights_folded": str(self.load_rewrites["blocked_dq_folded"]),
         }
 

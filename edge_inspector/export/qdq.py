@@ -228,8 +228,8 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
 
 def ort_session(model: onnx.ModelProto, threads: int = 1, optimize: bool = True):
     """An ONNX Runtime CPU session for a graph as the line loads it (``engines.graph_prep.prepare_for_onnxruntime``:
-    INT4 weights widened to INT8 containers, weight-only blocks folded), the optimizers its metadata says to leave
-    out left out."""
+    INT4 weights widened to INT8 containers, integer MatMuls as ``MatMulInteger``, weight-only blocks folded), the
+    optimizers its metadata says to leave out left out."""
     import onnxruntime as ort
 
     from edge_inspector.engines.graph_prep import ort_disabled_optimizers, prepare_for_onnxruntime
@@ -392,3 +392,26 @@ def blocked_int8_weight(model: onnx.ModelProto, name: str, codes: np.ndarray, sc
                                     numpy_helper.from_array(scales.astype(np.float32), f"{name}_scale")])
     model.graph.node.insert(0, helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale"], [name],
                                                 name=f"{name}_dq", axis=axis, block_size=int(codes.shape[axis])))
+
+
+def quantize_matmul_input(model: onnx.ModelProto, weight: str, scale: float, activations: str = "uint8") -> None:
+    """Put the data input of the MatMul that reads ``weight`` on the signed 8-bit grid of step ``scale``: a
+    ``QuantizeLinear -> DequantizeLinear`` pair in front of it, in place.
+
+    With a blocked INT8 ``weight`` (``blocked_int8_weight``) the MatMul is then integer on both sides, which ONNX
+    Runtime's loader runs as ``MatMulInteger`` (``engines.graph_prep.integer_matmuls``).
+    """
+    if activations not in ACT_ZERO_POINTS:
+        raise ConfigError(f"activations must be one of {sorted(ACT_ZERO_POINTS)}, got {activations!r}")
+    matmul = next((n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] == weight), None)
+    if matmul is None:
+        raise ConfigError(f"no MatMul reads {weight!r}")
+    x, p = matmul.input[0], f"{weight}/input"
+    model.graph.initializer.extend([_scalar(f"{p}_scale", scale),
+                                    numpy_helper.from_array(ACT_ZERO_POINTS[activations], f"{p}_zp")])
+    at = list(model.graph.node).index(matmul)
+    model.graph.node.insert(at, helper.make_node("DequantizeLinear", [f"{p}_q", f"{p}_scale", f"{p}_zp"], [f"{p}_dq"],
+                                                 name=f"{p}_DQ"))
+    model.graph.node.insert(at, helper.make_node("QuantizeLinear", [x, f"{p}_scale", f"{p}_zp"], [f"{p}_q"],
+                                                 name=f"{p}_Q"))
+    matmul.input[0] = f"{p}_dq"

@@ -15,6 +15,12 @@ The head, fitted once on the training images (closed form, seconds):
 
 Stored as the 1x1 projection (dims, C), the cell means (h*w, 1, dims) and the Cholesky factors of the cell
 precisions (h*w, dims, dims), so the graph is Conv -> Reshape/Transpose -> Sub -> MatMul -> ReduceSum -> Sqrt.
+
+Quantized (``quantize``, HQS stage 2): the factors become INT8 codes with one scale per (cell, output column) and the
+centred features one 8-bit per-tensor grid, so the MatMul runs as an integer matmul (ONNX Runtime:
+``MatMulInteger``, rewritten at load by ``engines.graph_prep``). Why: the factors are 4 MB in float and the rest of
+the network evicts them from cache, so the float MatMul reads them from memory on every image: 0.3 ms of a 3.9 ms
+HQS image at 2 threads, 0.12 ms as an integer matmul over 1 MB (``benchmarks/README.md``, "HQS").
 """
 
 from __future__ import annotations
@@ -23,6 +29,17 @@ import torch
 from torch import nn
 
 from edge_inspector.model.blur import blur, gaussian_kernel
+
+FACTOR_QMAX = 63
+"""Largest INT8 code of the precision factors: the reduced range of the 8-bit conv weights
+(``quantization.fakequant``), for the same reason: ONNX Runtime's uint8 x int8 kernels on x86 without VNNI
+saturate 16-bit pair sums above 64."""
+INPUT_QMIN, INPUT_QMAX = -128, 127
+"""Codes of the centred features' grid (the signed 8-bit activation grid of ``quantization.fakequant``)."""
+INPUT_RANGE_MARGIN = 2.0
+"""The centred features' grid covers this many times their largest magnitude on the fit images: a defect's
+features lie further out than any normal one, and a clipped deviation would lower its distance. On magnetic_tile
+(test split, HQS plan) margins 1, 2 and 4 all kept image / pixel AUROC within 0.1 point of the float-input head."""
 
 
 class LocationGaussian(nn.Module):
@@ -49,7 +66,14 @@ class LocationGaussian(nn.Module):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.register_buffer("blur_kernel", gaussian_kernel(blur_sigma))
         self.factor_codes: tuple[torch.Tensor, torch.Tensor] | None = None
-        """Set by ``quantize_precision_factor``: the INT8 codes and scales a QDQ graph stores."""
+        """Set by ``quantize``: the INT8 codes and scales a QDQ graph stores."""
+        self.input_scale: float | None = None
+        """Set by ``quantize``: the step of the centred features' 8-bit grid."""
+        self.quantize_input = False
+        """Whether ``forward`` snaps the centred features to that grid (``quantization.units.set_mode`` turns it on
+        in ``quant`` mode, so the float export stays a plain Sub -> MatMul for the QDQ rewrite)."""
+        self.fit_input_absmax: float | None = None
+        """Largest |features - cell mean| over the images of the last ``fit`` (the input grid's range)."""
 
     @torch.no_grad()
     def fit(self, features: torch.Tensor) -> None:
@@ -77,25 +101,33 @@ class LocationGaussian(nn.Module):
         self.cell_precision_factor.copy_(torch.linalg.cholesky(precision).float())
         self.cell_mean.copy_(cell_mean.float())
         self.fitted.fill_(True)
-        self.factor_codes = None
+        self.fit_input_absmax = float(centred.abs().max())
+        self.factor_codes, self.input_scale = None, None
 
     @torch.no_grad()
-    def quantize_precision_factor(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Round the precision factors to INT8 with one symmetric scale per (cell, output column), in place.
+    def quantize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Round the precision factors to INT8 (codes -63..63, one symmetric scale per (cell, output column)) in
+        place, and set the centred features' 8-bit grid from the last ``fit``.
 
-        Returns (codes int8 (cells, dims, dims), scales (cells, 1, dims)): what the QDQ graph stores (weight-only:
-        ONNX Runtime dequantizes it once). The head then computes exactly what that graph computes.
+        Returns (codes int8 (cells, dims, dims), scales (cells, 1, dims)): what the QDQ graph stores. With
+        ``quantize_input`` on, the head then computes what that graph computes.
         """
+        if self.fit_input_absmax is None:
+            raise ValueError("quantize needs the ranges of a fit: call fit first")
         factor = self.cell_precision_factor
-        scales = (factor.abs().amax(dim=1, keepdim=True) / 127).clamp_min(1e-30)
-        codes = torch.round(factor / scales).clamp(-127, 127)
+        scales = (factor.abs().amax(dim=1, keepdim=True) / FACTOR_QMAX).clamp_min(1e-30)
+        codes = torch.round(factor / scales).clamp(-FACTOR_QMAX, FACTOR_QMAX)
         self.cell_precision_factor.copy_(codes * scales)
         self.factor_codes = (codes.to(torch.int8), scales)
+        self.input_scale = max(self.fit_input_absmax, 1e-12) * INPUT_RANGE_MARGIN / INPUT_QMAX
         return self.factor_codes
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, _, h, w = features.shape
         y = self.project(features).reshape(b, self.dims, h * w).permute(2, 0, 1)  # (cells, B, dims)
-        whitened = torch.matmul(y - self.cell_mean, self.cell_precision_factor)
+        centred = y - self.cell_mean
+        if self.quantize_input and self.input_scale is not None:
+            centred = torch.clamp(torch.round(centred / self.input_scale), INPUT_QMIN, INPUT_QMAX) * self.input_scale
+        whitened = torch.matmul(centred, self.cell_precision_factor)
         distance = whitened.square().sum(dim=2).clamp_min(0).sqrt()  # (cells, B)
         return blur(distance.transpose(0, 1).reshape(b, 1, h, w), self.blur_kernel)

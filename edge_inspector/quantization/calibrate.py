@@ -28,6 +28,7 @@ from edge_inspector.export.qdq import (
     insert_qdq,
     narrow_index_initializers,
     ort_session,
+    quantize_matmul_input,
 )
 from edge_inspector.log import kv
 from edge_inspector.quantization.bitplan import UnitCost, allocate, capacity_bits, plan_bits, repair
@@ -143,6 +144,7 @@ def qdq_graph(scorer: nn.Module, fp32: onnx.ModelProto, small: bool) -> onnx.Mod
     if "location" in heads_needed(scorer.head) and location is not None and location.factor_codes is not None:
         codes, scales = location.factor_codes
         blocked_int8_weight(graph, LOCATION_FACTOR, codes.numpy(), scales.numpy(), axis=1)
+        quantize_matmul_input(graph, LOCATION_FACTOR, location.input_scale)
     dedupe_initializers(graph)
     narrow_index_initializers(graph)
     return graph
@@ -267,7 +269,7 @@ def refit_location(scorer: nn.Module, fit_images: np.ndarray) -> None:
     counterpart of QAT: the statistics absorb the quantization shift), then round its precision factors to INT8."""
     model = scorer.model
     model.fit_location(torch.from_numpy(np.ascontiguousarray(fit_images)))
-    model.location.quantize_precision_factor()
+    model.location.quantize()
 
 
 def summary_of(result: HqsResult, options: CalibrateOptions) -> dict[str, Any]:

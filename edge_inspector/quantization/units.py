@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from edge_inspector.model.location import LocationGaussian
 from edge_inspector.quantization.fakequant import ObserverKind, Precision, QuantConv2d, fake_quant_act
 
 
@@ -195,9 +196,13 @@ def quant_modules(model: nn.Module) -> dict[str, QuantConv2d]:
 
 
 def set_mode(model: nn.Module, mode: str) -> None:
-    """Switch every wrapper to ``float``, ``calibrate`` or ``quant``."""
+    """Switch every wrapper to ``float``, ``calibrate`` or ``quant`` (and a quantized location head's input grid
+    on in ``quant`` mode only)."""
     for module in quant_modules(model).values():
         module.mode = mode
+    for module in model.modules():
+        if isinstance(module, LocationGaussian):
+            module.quantize_input = mode == "quant"
 
 
 @dataclass

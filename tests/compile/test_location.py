@@ -72,6 +72,47 @@ def test_dims_are_capped_at_the_channels_and_fit_checks_its_input():
         head.fit(torch.zeros(5, 4, 3, 3))
 
 
+def test_quantized_head_equals_its_integer_onnx_graph(tmp_path):
+    """HQS stage 2 for the head: INT8 factors and an 8-bit input grid. The torch head (``quantize_input`` on)
+    computes what ONNX Runtime runs, as ``MatMulInteger``, from the QDQ graph the bundle stores."""
+    import onnx
+    import onnxruntime as ort
+
+    from edge_inspector.engines.graph_prep import prepare_for_onnxruntime
+    from edge_inspector.export.qdq import blocked_int8_weight, quantize_matmul_input
+
+    rng = np.random.default_rng(2)
+    mixing = rng.normal(size=(12, 12))
+    train = np.einsum("nchw,cd->ndhw", rng.normal(size=(60, 12, 2, 3)), mixing)
+    test = np.einsum("nchw,cd->ndhw", rng.normal(size=(4, 12, 2, 3)), mixing) * 1.5  # some beyond the fit range
+    head = LocationGaussian(12, (2, 3), dims=6, shrinkage=0.05, blur_sigma=0)
+    head.fit(torch.from_numpy(train).float())
+    x = torch.from_numpy(test).float()
+    exact = head(x)
+    with pytest.raises(ValueError, match="call fit first"):
+        LocationGaussian(12, (2, 3), dims=6, shrinkage=0.05, blur_sigma=0).quantize()
+    codes, scales = head.quantize()
+    assert codes.dtype == torch.int8 and int(codes.abs().max()) <= 63 and scales.shape == (6, 1, 6)
+    path = tmp_path / "head.onnx"
+    torch.onnx.export(head, (x,), str(path), input_names=["x"], output_names=["d"], opset_version=21, dynamo=True,
+                      external_data=False, verbose=False)
+    graph = onnx.load(str(path))
+    name = next(t.name for t in graph.graph.initializer if list(t.dims) == [6, 6, 6])
+    blocked_int8_weight(graph, name, codes.numpy(), scales.numpy(), axis=1)
+    quantize_matmul_input(graph, name, head.input_scale)
+    assert prepare_for_onnxruntime(graph)["integer_matmuls"] == 1
+    assert "MatMulInteger" in [n.op_type for n in graph.graph.node]
+    head.quantize_input = True
+    quantized = head(x)
+    got = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": test.astype(np.float32)})[0]
+    np.testing.assert_allclose(got, quantized.numpy(), rtol=1e-4, atol=1e-4)
+    # the grids change the distance only a little, and the input grid matters: without it torch drifts from ORT
+    assert float((quantized - exact).abs().max() / exact.abs().max()) < 0.05
+    head.quantize_input = False
+    assert not np.allclose(head(x).numpy(), got, rtol=1e-4, atol=1e-4)
+
+
 def test_presets_validate_the_location_head():
     lite = load_preset("haloae-lite")
     assert lite.score.head == "auto" and lite.model.location.layers == ["stage4", "stage5", "stage6"]

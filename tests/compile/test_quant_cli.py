@@ -101,6 +101,12 @@ def test_calibrate_a_location_head_bundle_refits_the_head_and_stores_int8_factor
     blocked = [n for n in graph.graph.node if n.op_type == "DequantizeLinear"
                and any(a.name == "block_size" for a in n.attribute)]
     assert [n.output[0] for n in blocked] == ["model.location.cell_precision_factor"]
+    # ... and its input on an 8-bit grid, so ONNX Runtime runs the head's MatMul as an integer one
+    from edge_inspector.engines.graph_prep import prepare_for_onnxruntime
+
+    assert [n.name for n in graph.graph.node if n.op_type == "QuantizeLinear" and "location" in n.name] == [
+        "model.location.cell_precision_factor/input_Q"]
+    assert prepare_for_onnxruntime(graph)["integer_matmuls"] == 1
     assert not any(n.op_type == "Softmax" for n in graph.graph.node)
     summary = yaml.safe_load((tmp_path / "p" / "tiles-haloae-lite-hqs.yaml").read_text())["summary"]
     # ONNX Runtime runs the fake-quant torch model's numbers, INT8 factors included. Stated tolerance for a deep

@@ -119,16 +119,20 @@ def test_disabled_archive_writes_nothing(tmp_path):
 
 def test_slow_writer_skips_sampled_pass_but_never_a_fail(tmp_path):
     archive = Archive(ArchiveSettings(dir=str(tmp_path / "a"), pass_sample_rate=1.0))
-    gate = threading.Event()
+    gate, writing = threading.Event(), threading.Event()
     real_write = archive._write_image
 
     def slow_disk(path, image):  # the real write, once the "disk" lets it through
+        writing.set()
         gate.wait()
         real_write(path, image)
 
     archive._write_image = slow_disk
-    kept = [archive.add(archived(i, Verdict.PASS)) for i in range(QUEUE_SIZE + 5)]
-    assert archive.skipped_busy >= 4 and kept.count(None) == archive.skipped_busy
+    # one record in the writer's hands first, so the queue's state below does not depend on thread timing
+    kept = [archive.add(archived(0, Verdict.PASS))]
+    assert writing.wait(10)
+    kept += [archive.add(archived(i, Verdict.PASS)) for i in range(1, QUEUE_SIZE + 6)]
+    assert archive.skipped_busy == 5 and kept.count(None) == 5
     failed = []
     writer = threading.Thread(target=lambda: failed.append(archive.add(archived(99, Verdict.FAIL))))
     writer.start()

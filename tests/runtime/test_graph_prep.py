@@ -278,13 +278,53 @@ def test_onnxruntime_preparation_folds_the_blocked_factor_exactly():
     rng = np.random.default_rng(1)
     model = _blocked_factor_model(rng)
     folded = onnx.ModelProto.FromString(model.SerializeToString())
-    assert prepare_for_onnxruntime(folded) == {"int4_widened": 0, "blocked_dq_folded": 1}
+    assert prepare_for_onnxruntime(folded) == {"int4_widened": 0, "integer_matmuls": 0, "blocked_dq_folded": 1}
     assert [n.op_type for n in folded.graph.node] == ["Cast", "Reshape", "MatMul", "ReduceSum"]
     assert {t.name for t in folded.graph.initializer} == {"f", "shape"}  # codes and scales gone, float factor in
     image = rng.integers(0, 255, (1, 2, 2, 3), dtype=np.uint8)
     outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": image})
                for m in (model, folded)]
     np.testing.assert_array_equal(outputs[1][0], outputs[0][0])
+
+
+def _integer_head_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """The blocked factor model with its MatMul input on an 8-bit grid (uint8, zero point 128): the quantized head."""
+    model = _blocked_factor_model(rng)
+    graph = model.graph
+    graph.initializer.extend([numpy_helper.from_array(np.array(0.8, np.float32), "a_scale"),
+                              numpy_helper.from_array(np.array(128, np.uint8), "a_zp")])
+    graph.node.insert(2, helper.make_node("QuantizeLinear", ["cells", "a_scale", "a_zp"], ["cells_q"]))
+    graph.node.insert(3, helper.make_node("DequantizeLinear", ["cells_q", "a_scale", "a_zp"], ["cells_dq"]))
+    next(n for n in graph.node if n.op_type == "MatMul").input[0] = "cells_dq"
+    return model
+
+
+def test_onnxruntime_runs_the_integer_head_as_matmulinteger():
+    """Both MatMul inputs integer (8-bit input, blocked INT8 factor): ONNX Runtime's QDQ fusion leaves such a MatMul
+    in float over a dequantized factor; the loader rewrites it to MatMulInteger -> Cast -> Mul, same values."""
+    import onnxruntime as ort
+
+    from edge_inspector.engines.graph_prep import prepare_for_onnxruntime
+
+    rng = np.random.default_rng(3)
+    model = _integer_head_model(rng)
+    rewritten = onnx.ModelProto.FromString(model.SerializeToString())
+    assert prepare_for_onnxruntime(rewritten) == {"int4_widened": 0, "integer_matmuls": 1, "blocked_dq_folded": 0}
+    assert [n.op_type for n in rewritten.graph.node] == ["Cast", "Reshape", "QuantizeLinear", "MatMulInteger",
+                                                         "Cast", "Mul", "ReduceSum"]
+    names = {t.name for t in rewritten.graph.initializer}
+    assert "f_int8" in names and "f_scale" not in names  # the codes run as they are; both scales are one Mul
+    onnx.checker.check_model(rewritten, full_check=True)
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the QDQ graph as written
+    for image in rng.integers(0, 255, (4, 1, 2, 2, 3), dtype=np.uint8):
+        want, got = (ort.InferenceSession(m.SerializeToString(), plain, providers=["CPUExecutionProvider"])
+                     .run(None, {"image": image})[0] for m in (model, rewritten))
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    # TensorRT preparation keeps the input grid (signed) and folds the factor to float
+    prepared, report = prepare_graph(_integer_head_model(np.random.default_rng(3)), keep_fp32_nodes=[])
+    assert report.blocked_dq_folded == 1
+    assert [n.op_type for n in prepared.graph.node].count("QuantizeLinear") == 1
 
 
 def test_pins_work_on_graphs_that_carry_value_info():
