@@ -17,11 +17,12 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
+
+from edge_inspector.ops.machine import machine
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -29,29 +30,6 @@ README = HERE / "README.md"
 TABLE_START, TABLE_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
 BARS = {"image_auroc": 0.92, "pixel_auroc": 0.80}
 HEADS = ("reconstruction", "location", "fused")
-
-
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import onnxruntime
-    import torch
-
-    return {
-        "cpu": cpu,
-        "cores_available": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "load_average_1_5_15": " ".join(f"{v:.1f}" for v in os.getloadavg()),
-    }
 
 
 def run_variant(args: argparse.Namespace, attention: str, stamp: str) -> dict:
@@ -106,7 +84,7 @@ def run_variant(args: argparse.Namespace, attention: str, stamp: str) -> dict:
         "commands": [f"edge-inspector {shlex.join(train_argv)}", f"edge-inspector {shlex.join(eval_argv)}",
                      *head_commands],
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine(), "load_average_at_start": load_at_start},
+        "machine": {**machine("torch", "onnxruntime"), "load_average_at_start": load_at_start},
         "dataset": data.name,
         "dataset_path": str(data),
         "model": f"{Path(args.config).stem} ({attention})",

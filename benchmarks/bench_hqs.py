@@ -20,8 +20,6 @@ import argparse
 import copy
 import datetime as dt
 import json
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -37,6 +35,7 @@ from edge_inspector.data.folders import load_images, load_test_set, scan_categor
 from edge_inspector.export.commands import holdout_split  # noqa: E402
 from edge_inspector.export.onnx_export import export_onnx  # noqa: E402
 from edge_inspector.bundle.graph_size import initializer_bytes  # noqa: E402
+from edge_inspector.ops.machine import machine  # noqa: E402
 from edge_inspector.export.qdq import (  # noqa: E402
     dedupe_initializers,
     narrow_index_initializers,
@@ -222,16 +221,12 @@ def main() -> int:
                 "latency_ratio": h["latency_p50_ms"] / f["latency_p50_ms"],
                 "weight_ratio": h["weight_bytes"] / f["weight_bytes"],
             }
-    import onnxruntime
-
     doc = {
         "benchmark": "hqs",
         "command": " ".join([".venv/bin/python", "benchmarks/bench_hqs.py", *sys.argv[1:]]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "threads": args.threads, "latency_threads": args.latency_threads,
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "onnxruntime": onnxruntime.__version__},
+        "machine": {**machine("torch", "onnxruntime"), "threads": args.threads,
+                    "latency_threads": args.latency_threads},
         "dataset": str(args.data),
         "n_test": int(len(test_images)),
         "subset": bool(args.max_test),

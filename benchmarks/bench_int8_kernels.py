@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from edge_inspector.ops.machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,8 +120,7 @@ def main() -> int:
         "benchmark": "int8_kernels",
         "command": " ".join([".venv/bin/python", "benchmarks/bench_int8_kernels.py", *sys.argv[1:]]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "onnxruntime": ort.__version__},
+        "machine": machine("onnxruntime"),
         "results": rows,
     }
     out = Path(args.out)

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from edge_inspector.model.blur import blur, gaussian_kernel  # noqa: E402
 from edge_inspector.model.haloae import build_model  # noqa: E402
 from edge_inspector.model.location import LocationGaussian  # noqa: E402
 from edge_inspector.model.presets import load_preset  # noqa: E402
+from edge_inspector.ops.machine import machine  # noqa: E402
 from edge_inspector.training.metrics import image_auroc, pixel_auroc  # noqa: E402
 from edge_inspector.training.scoring import aggregate  # noqa: E402
 
@@ -129,8 +128,7 @@ def main() -> int:
         "benchmark": "location",
         "command": " ".join([".venv/bin/python", "benchmarks/bench_location.py", *sys.argv[1:]]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+        "machine": machine("torch"),
         "dataset": category.name,
         "features": {"layers": loc.layers, "grid": list(fit.shape[-2:]), "channels": int(fit.shape[1]),
                      "dims": loc.dims, "n_fit": len(fit), "n_test": len(test)},

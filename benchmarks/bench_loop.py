@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -35,31 +33,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from edge_inspector.ops.machine import machine
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 WORK = HERE / "work"
 DATASET = Path("/work/shared/datasets/magnetic_tile")
 TARGET_OVERHEAD = 0.15
 WINDOW = 25
-
-
-def machine() -> dict[str, str]:
-    import onnxruntime
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores_available": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()),
-        "load_average_1m": f"{os.getloadavg()[0]:.2f}",
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-    }
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -206,7 +187,7 @@ def run(kind: str, args: argparse.Namespace, stamp: str) -> dict:
         "benchmark": "loop",
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine("onnxruntime"),
         "source": kind if kind == "demo" else f"{args.data}/test",
         "frames": args.frames,
         "model_id": bundle.manifest.model_id,

@@ -31,17 +31,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from edge_inspector.data.augment import cutpaste_batch
 from edge_inspector.model.haloae import build_model
 from edge_inspector.model.presets import load_preset
+from edge_inspector.ops.machine import cpu_name
 from edge_inspector.training.losses import haloae_loss, loss_weights
 from edge_inspector.training.trainer import trainable_parameters
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def timed(fn, warmup: int, runs: int) -> list[float]:

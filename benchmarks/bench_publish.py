@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -35,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the test fixtures (broker, subscriber, results) live in the repository
 
 from edge_inspector.config import MqttSettings  # noqa: E402
+from edge_inspector.ops.machine import machine  # noqa: E402
 from edge_inspector.pipeline.results import Verdict  # noqa: E402
 from edge_inspector.publish.broker import Topics  # noqa: E402
 from edge_inspector.publish.mqtt import ResultPublisher  # noqa: E402
@@ -42,24 +41,6 @@ from tests.fixtures.broker import MosquittoBroker, Subscriber, find_mosquitto  #
 from tests.fixtures.inspection_results import make_result  # noqa: E402
 
 STATION = "bench"
-
-
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    import paho.mqtt
-
-    return {
-        "cpu": cpu,
-        "cores_available": str(len(os.sched_getaffinity(0))),
-        "load_average_1m": f"{os.getloadavg()[0]:.2f}",
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "paho_mqtt": paho.mqtt.__version__,
-    }
 
 
 def percentiles(values_ms: list[float]) -> tuple[float, float]:
@@ -155,7 +136,7 @@ def main() -> int:
         "benchmark": "publish",
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine("paho-mqtt"),
         "broker": "mosquitto (local, started by the benchmark)",
         "count": args.count, "rate_per_s": args.rate, "mask": args.mask,
         "spool": f"SQLite WAL, synchronous={args.sync.upper()}, tmp folder",

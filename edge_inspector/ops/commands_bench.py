@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edge_inspector.ops.machine import machine
 
 BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -95,20 +95,6 @@ def bench_images(bundle, count: int = 8) -> tuple[np.ndarray, str]:
     spec = bundle.manifest.input
     noise = np.random.default_rng(0).integers(0, 256, (count, spec.height, spec.width, 3), dtype=np.uint8)
     return noise, f"{count} random images (the bundle ships no calibration images)"
-
-
-def machine() -> dict[str, Any]:
-    import onnxruntime
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__,
-            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
 
 
 def open_rows(bundles: list, args: argparse.Namespace) -> list[tuple[Row, Any, np.ndarray]]:
@@ -242,7 +228,7 @@ def main(args: argparse.Namespace) -> int:
     print("images: " + "; ".join(images))
     if args.json:
         doc = {"command": command_line(args), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine(), "runs": args.runs, "warmup": args.warmup, "rounds": args.rounds,
+               "machine": machine("onnxruntime"), "runs": args.runs, "warmup": args.warmup, "rounds": args.rounds,
                "images": images, "rows": [{k: v for k, v in asdict(row).items() if k != "samples"} for row in rows]}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")

@@ -44,13 +44,6 @@ class BrokerAddress:
     tls: bool
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-
 def parse_broker_url(url: str) -> BrokerAddress:
     """``mqtt://host:port`` (default 1883) or ``mqtts://host:port`` (TLS, default 8883)."""
     parts = urlsplit(url)

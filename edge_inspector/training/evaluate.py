@@ -7,7 +7,6 @@ computed from the same anomaly map; the bundle's own aggregation comes first and
 from __future__ import annotations
 
 import datetime as dt
-import platform
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_inspector.data.folders import Category
+from edge_inspector.ops.machine import machine
 from edge_inspector.training.metrics import evaluate_scores
 from edge_inspector.training.scoring import AGGREGATIONS, aggregate, run_scorer
 
@@ -89,7 +89,7 @@ def evaluate_predictions(
     )
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+        "machine": machine("torch", "onnxruntime"),
         "dataset": {"name": category.name, "root": str(category.root), "n_test": len(category.test),
                     "defect_types": category.defect_types},
         "model": model_info,
