@@ -80,7 +80,8 @@ class CalibrateOptions:
     (what ORT's CPU kernels run fast). ``tensorrt``: every activation on the signed grid, which TensorRT runs as
     calibrated (it has no unsigned INT8; an onnxruntime bundle loses one bit on those activations there)."""
     seed: int = 0
-    latency_runs: int = 10
+    latency_runs: int = 30
+    """Interleaved cycles (one run of the FP32 and one of the HQS graph each) timed for the summary's latency."""
     threads: int = 1
     progress: bool = True
 
@@ -118,19 +119,50 @@ def auroc_drop(prober: Prober, plan: dict[str, str]) -> tuple[float, dict[str, f
     return float(np.nan_to_num(drop)), now
 
 
-def latency_p50_ms(model: onnx.ModelProto, image: np.ndarray, runs: int, threads: int) -> float:
-    """Median ONNX Runtime CPU latency of one image (after two warm-up runs)."""
-    session = ort_session(model, threads=threads)
-    name = session.get_inputs()[0].name
-    feed = {name: image[None]}
-    for _ in range(2):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
+@dataclass
+class Latency:
+    """Interleaved latencies of several graphs (``interleaved_latency``), in ms."""
+
+    runs_ms: dict[str, list[float]]
+    """Every timed run, per graph."""
+    ratio_runs: dict[str, list[float]]
+    """Per graph: its time over the reference graph's in the same cycle, for every cycle."""
+
+    def p50_ms(self, name: str) -> float:
+        return float(np.median(self.runs_ms[name]))
+
+    def ratio(self, name: str) -> float:
+        """Median of the same-cycle ratios to the reference: what the machine's drifts cancel out of."""
+        return float(np.median(self.ratio_runs[name]))
+
+
+def interleaved_latency(graphs: dict[str, onnx.ModelProto], image: np.ndarray, cycles: int, threads: int) -> Latency:
+    """ONNX Runtime CPU latency of one image through each of ``graphs``, timed one run of each graph per cycle.
+
+    Why interleaved run by run: on a shared machine the speed drifts over seconds, and graphs timed one after the
+    other (10 runs each) differed by up to +-10% for the same graph (``hqs`` against ``hqs_small``, which compute
+    the same). Within a cycle (tens of ms) the graphs share the conditions; the ratios use the first graph as the
+    reference. The order rotates every cycle. Runs follow each other without pause, as in a busy line: with a 2 ms
+    sleep before each run, every graph here ran 1.2-3x slower (idle vCPUs are slow to wake), the ratios stayed.
+    """
+    names = list(graphs)
+    sessions = {n: ort_session(g, threads=threads) for n, g in graphs.items()}
+    feeds = {n: {s.get_inputs()[0].name: image[None]} for n, s in sessions.items()}
+    for name in names:  # warm-up: first runs allocate and pack
+        for _ in range(2):
+            sessions[name].run(None, feeds[name])
+    runs: dict[str, list[float]] = {n: [] for n in names}
+    ratios: dict[str, list[float]] = {n: [] for n in names}
+    for cycle in range(cycles):
+        times = {}
+        for name in names[cycle % len(names):] + names[: cycle % len(names)]:
+            start = time.perf_counter()
+            sessions[name].run(None, feeds[name])
+            times[name] = (time.perf_counter() - start) * 1000
+        for name in names:
+            runs[name].append(times[name])
+            ratios[name].append(times[name] / times[names[0]])
+    return Latency(runs, ratios)
 
 
 LOCATION_FACTOR = "model.location.cell_precision_factor"

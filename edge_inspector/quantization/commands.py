@@ -98,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
         CalibrateOptions,
         export_qdq_bundle,
         finish_plan_files,
-        latency_p50_ms,
+        interleaved_latency,
         parity,
         run_hqs,
         summary_of,
@@ -149,15 +149,16 @@ def main(args: argparse.Namespace) -> int:
                                           thresholds, holdout)
     check = parity(scorer, graph, holdout[:4], options.threads)
     summary = summary_of(result, options)
-    fp32_ms = latency_p50_ms(fp32_graph, holdout[0], options.latency_runs, options.threads)
-    hqs_ms = latency_p50_ms(graph, holdout[0], options.latency_runs, options.threads)
+    latency = interleaved_latency({"fp32": fp32_graph, "hqs": graph}, holdout[0], options.latency_runs,
+                                  options.threads)
+    fp32_ms, hqs_ms = latency.p50_ms("fp32"), latency.p50_ms("hqs")
     summary.update({
         "graph_bytes_fp32": initializer_bytes(fp32_graph),
         "graph_bytes_hqs": initializer_bytes(graph),
         "size_ratio": round(initializer_bytes(graph) / initializer_bytes(fp32_graph), 4),
         "latency_p50_ms_fp32": round(fp32_ms, 2),
         "latency_p50_ms_hqs": round(hqs_ms, 2),
-        "speed_ratio": round(hqs_ms / fp32_ms, 3),
+        "speed_ratio": round(latency.ratio("hqs"), 3),
         "parity": {k: float(f"{v:.3g}") for k, v in check.items()},
         "target": options.target,
         "bundle": str(bundle.path),
