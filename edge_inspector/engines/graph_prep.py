@@ -300,7 +300,7 @@ def integer_matmuls(model: onnx.ModelProto) -> int:
             helper.make_node("MatMulInteger", [a_dq.input[0], b_dq.input[0], a_dq.input[2], f"{p}/b_zp"],
                              [f"{p}/int32"], name=f"{p}/integer"),
             helper.make_node("Cast", [f"{p}/int32"], [f"{p}/float"], to=TensorProto.FLOAT, name=f"{p}/cast"),
-            helper.make_node("Mul", [f"{p}/float", f"{p}/scale"], [node.output[0]], name=f"{p}/scale")]):
+            helper.make_node("Mul", [f"{p}/float", f"{p}/scale"], [node.output[0]], name=f"{p}/rescale")]):
             graph.node.insert(at + offset, new)
         replaced += [a_dq, b_dq]
     _remove_unread(graph, replaced)
