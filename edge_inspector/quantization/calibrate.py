@@ -142,8 +142,9 @@ def interleaved_latency(graphs: dict[str, onnx.ModelProto], image: np.ndarray, c
     Why interleaved run by run: on a shared machine the speed drifts over seconds, and graphs timed one after the
     other (10 runs each) differed by up to +-10% for the same graph (``hqs`` against ``hqs_small``, which compute
     the same). Within a cycle (tens of ms) the graphs share the conditions; the ratios use the first graph as the
-    reference. The order rotates every cycle. Runs follow each other without pause, as in a busy line: with a 2 ms
-    sleep before each run, every graph here ran 1.2-3x slower (idle vCPUs are slow to wake), the ratios stayed.
+    reference. The order rotates every cycle. Runs follow each other without pause; with a 2 ms pause before each
+    run (a line between frames) the HQS / FP32 ratio at 2 threads went from 0.57 to 0.60 in a one-off check (the
+    pool threads are woken at the start of every run, which costs the shorter integer graph relatively more).
     """
     names = list(graphs)
     sessions = {n: ort_session(g, threads=threads) for n, g in graphs.items()}
