@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge_inspector.ops.machine import machine
+from edge_inspector.ops.records import machine
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -38,7 +38,7 @@ from edge_inspector.data.folders import load_images, load_test_set, scan_categor
 from edge_inspector.export.commands import holdout_split  # noqa: E402
 from edge_inspector.export.onnx_export import export_onnx  # noqa: E402
 from edge_inspector.bundle.graph_size import initializer_bytes  # noqa: E402
-from edge_inspector.ops.machine import machine  # noqa: E402
+from edge_inspector.ops.records import machine, script_command, write_record  # noqa: E402
 from edge_inspector.export.qdq import (  # noqa: E402
     dedupe_initializers,
     narrow_index_initializers,
@@ -231,7 +231,7 @@ def main() -> int:
             }
     doc = {
         "benchmark": "hqs",
-        "command": " ".join([".venv/bin/python", "benchmarks/bench_hqs.py", *sys.argv[1:]]),
+        "command": script_command(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine("torch", "onnxruntime"), "threads": args.threads,
                     "latency_threads": args.latency_threads},
@@ -245,12 +245,7 @@ def main() -> int:
         "bars": bars,
         "notes": notes,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"hqs_{category.name}_{stamp}.json"
-    path.write_text(json.dumps(doc, indent=2, default=float))
-    print(f"wrote {path}")
+    write_record(args.out, f"hqs_{category.name}", doc)
     return 0
 
 

@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_inspector.ops.machine import machine
+from edge_inspector.ops.records import machine, script_command, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,16 +117,12 @@ def main() -> int:
                 rows.append(row)
     doc = {
         "benchmark": "int8_kernels",
-        "command": " ".join([".venv/bin/python", "benchmarks/bench_int8_kernels.py", *sys.argv[1:]]),
+        "command": script_command(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine("onnxruntime"),
         "results": rows,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"int8_kernels_{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(doc, indent=2))
-    print(f"wrote {path}")
+    write_record(args.out, "int8_kernels", doc)
     return 0
 
 

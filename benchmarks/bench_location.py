@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from edge_inspector.model.blur import blur, gaussian_kernel  # noqa: E402
 from edge_inspector.model.haloae import build_model  # noqa: E402
 from edge_inspector.model.location import LocationGaussian  # noqa: E402
 from edge_inspector.model.presets import load_preset  # noqa: E402
-from edge_inspector.ops.machine import machine  # noqa: E402
+from edge_inspector.ops.records import machine, script_command, write_record  # noqa: E402
 from edge_inspector.training.metrics import image_auroc, pixel_auroc  # noqa: E402
 from edge_inspector.training.scoring import aggregate  # noqa: E402
 
@@ -126,7 +125,7 @@ def main() -> int:
     print(f"{'image nearest neighbour':28s} image {rows['image nearest neighbour']['image_auroc']:.3f}")
     doc = {
         "benchmark": "location",
-        "command": " ".join([".venv/bin/python", "benchmarks/bench_location.py", *sys.argv[1:]]),
+        "command": script_command(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine("torch"),
         "dataset": category.name,
@@ -134,11 +133,7 @@ def main() -> int:
                      "dims": loc.dims, "n_fit": len(fit), "n_test": len(test)},
         "results": rows,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"location_{category.name}_{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(doc, indent=2))
-    print(f"wrote {path}")
+    write_record(args.out, f"location_{category.name}", doc)
     return 0
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_inspector.ops.machine import machine
+from edge_inspector.ops.records import machine
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from edge_inspector.data.augment import cutpaste_batch
 from edge_inspector.model.haloae import build_model
 from edge_inspector.model.presets import load_preset
-from edge_inspector.ops.machine import cpu_name
+from edge_inspector.ops.records import cpu_name
 from edge_inspector.training.losses import haloae_loss, loss_weights
 from edge_inspector.training.trainer import trainable_parameters
 

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the test fixtures (broker, subscriber, results) live in the repository
 
 from edge_inspector.config import MqttSettings  # noqa: E402
-from edge_inspector.ops.machine import machine  # noqa: E402
+from edge_inspector.ops.records import machine  # noqa: E402
 from edge_inspector.pipeline.results import Verdict  # noqa: E402
 from edge_inspector.publish.broker import Topics  # noqa: E402
 from edge_inspector.publish.mqtt import ResultPublisher  # noqa: E402

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_inspector.ops.machine import machine
+from edge_inspector.ops.records import machine
 
 BACKENDS = ("onnxruntime", "tensorrt")
 

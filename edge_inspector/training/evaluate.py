@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_inspector.data.folders import Category
-from edge_inspector.ops.machine import machine
+from edge_inspector.ops.records import machine
 from edge_inspector.training.metrics import evaluate_scores
 from edge_inspector.training.scoring import AGGREGATIONS, aggregate, run_scorer
 

@@ -1,10 +1,15 @@
-"""What a benchmark or evaluation record says about the machine it ran on (speed figures mean little without it)."""
+"""Benchmark and evaluation records: the machine they ran on (speed figures mean little without it) and the
+timestamped JSON file each benchmark script writes under ``benchmarks/results/``."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import platform
+import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 
@@ -36,3 +41,18 @@ def machine(*packages: str) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             facts[package] = None
     return facts
+
+
+def script_command() -> str:
+    """The command line that reproduces this benchmark script's run, as the README gives it."""
+    return " ".join([".venv/bin/python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
+def write_record(out_dir: str | Path, stem: str, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` to ``<out_dir>/<stem>_<UTC time>.json`` (the folder made if needed), say where, return the path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}_{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    print(f"wrote {path}")
+    return path
