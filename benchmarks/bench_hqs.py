@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_inspector.data.folders import load_images, load_test_set, scan_category  # noqa: E402
-from edge_inspector.export.commands import holdout_split  # noqa: E402
+from edge_inspector.cli.export import holdout_split  # noqa: E402
 from edge_inspector.export.onnx_export import export_onnx  # noqa: E402
 from edge_inspector.bundle.graph_size import initializer_bytes  # noqa: E402
 from edge_inspector.ops.records import machine, script_command, write_record  # noqa: E402

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_inspector.data.folders import load_images, load_test_set, scan_category  # noqa: E402
-from edge_inspector.export.commands import holdout_split  # noqa: E402
+from edge_inspector.cli.export import holdout_split  # noqa: E402
 from edge_inspector.model.blur import blur, gaussian_kernel  # noqa: E402
 from edge_inspector.model.haloae import build_model  # noqa: E402
 from edge_inspector.model.location import LocationGaussian  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 
 from edge_inspector import cli
 from edge_inspector.bundle.store import load_bundle
-from edge_inspector.ops.commands_bench import precision, weight_bytes
+from edge_inspector.cli.bench import precision, weight_bytes
 from tests.fixtures.bundles import make_tiny_bundle
 
 TINY_WEIGHT_BYTES = 4 + 8

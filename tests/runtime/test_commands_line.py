@@ -8,7 +8,7 @@ import yaml
 
 from edge_inspector import cli
 from edge_inspector.capture.demo_line import PartMaker
-from edge_inspector.pipeline.commands_run import explicit_flags
+from edge_inspector.cli.run import explicit_flags
 from tests.fixtures.bundles import make_tiny_bundle
 
 OFFLINE = ["mqtt.enabled=false", "archive.enabled=false"]
@@ -53,9 +53,9 @@ def test_flags_win_over_overrides_and_the_file(bundle_dir, parts, tmp_path, caps
 
 def test_bare_camera_flag_means_run():
     parser = cli.argparse.ArgumentParser()
-    from edge_inspector.pipeline import commands_run
+    from edge_inspector.cli import run as run_command
 
-    commands_run.add_arguments(parser)
+    run_command.add_arguments(parser)
     args = parser.parse_args(["--camera", "0", "--mqtt", "mqtt://plc:1883", "--show"])
     assert explicit_flags(args) == {"source": "0", "show": True, "mqtt": {"url": "mqtt://plc:1883", "enabled": True}}
 

@@ -7,7 +7,7 @@ import cv2
 
 from edge_inspector.capture.demo_line import PartMaker
 from edge_inspector.config import load_run_config
-from edge_inspector.pipeline.commands_run import run_line
+from edge_inspector.cli.run import run_line
 from edge_inspector.publish.mqtt import Topics
 from tests.fixtures.broker import Subscriber
 from tests.fixtures.bundles import make_tiny_bundle

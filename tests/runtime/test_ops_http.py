@@ -230,7 +230,7 @@ class GatedSource:
 
 def start_run_line(config, source):
     """``run_line`` on a thread (as ``edge-inspector run`` would run it); returns the thread and its result."""
-    from edge_inspector.pipeline.commands_run import run_line
+    from edge_inspector.cli.run import run_line
 
     done = {}
     runner = threading.Thread(target=lambda: done.update(stats=run_line(config, source=source, quiet=True)))

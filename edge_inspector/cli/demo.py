@@ -58,7 +58,7 @@ def summarize(results: list) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     from edge_inspector.capture.demo_line import DemoLine, write_demo_dataset
-    from edge_inspector.pipeline.commands_run import run_line
+    from edge_inspector.cli.run import run_line
     from edge_inspector.pipeline.sinks import CollectingSink
 
     if args.write_dataset:

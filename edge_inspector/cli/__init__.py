@@ -1,8 +1,9 @@
 """The one entry point: ``edge-inspector <command> ...``.
 
-Each command lives in the module that owns its concern and exposes ``add_arguments(parser)`` and
-``main(args) -> int``. Only the chosen command's module is imported, so ``edge-inspector --camera 0`` never loads
-torch and ``train`` never loads tensorrt. Command modules import heavy libraries inside ``main``.
+Each command is one module of this package (``cli/<command>.py``) that exposes ``add_arguments(parser)`` and
+``main(args) -> int``: a thin shell that parses arguments and calls the workflow function that does the work.
+Only the chosen command's module is imported, so ``edge-inspector --camera 0`` never loads torch and ``train``
+never loads tensorrt. Command modules import heavy libraries inside ``main``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from edge_inspector.log import setup_logging
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("edge_inspector.pipeline.commands_run", "run the line: capture -> inference -> decision -> MQTT"),
-    "demo": ("edge_inspector.pipeline.commands_demo", "run the built-in demo line with the bundled demo model"),
-    "train": ("edge_inspector.training.commands_train", "train HaloAE on good images into a model bundle"),
-    "eval": ("edge_inspector.training.commands_eval", "evaluate a bundle or checkpoint on an MVTec-layout folder"),
-    "export": ("edge_inspector.export.commands", "export a training checkpoint to a model bundle (ONNX + manifest)"),
-    "calibrate": ("edge_inspector.quantization.commands", "HQS: per-layer INT8/INT4 calibration + fine-tune"),
-    "build-engine": ("edge_inspector.engines.commands_build", "build a TensorRT plan for this GPU from a bundle"),
-    "bench": ("edge_inspector.ops.commands_bench", "benchmark the engines and the whole loop"),
-    "config": ("edge_inspector.commands_config", "print or check a line configuration"),
+    "run": ("edge_inspector.cli.run", "run the line: capture -> inference -> decision -> MQTT"),
+    "demo": ("edge_inspector.cli.demo", "run the built-in demo line with the bundled demo model"),
+    "train": ("edge_inspector.cli.train", "train HaloAE on good images into a model bundle"),
+    "eval": ("edge_inspector.cli.eval", "evaluate a bundle or checkpoint on an MVTec-layout folder"),
+    "export": ("edge_inspector.cli.export", "export a training checkpoint to a model bundle (ONNX + manifest)"),
+    "calibrate": ("edge_inspector.cli.calibrate", "HQS: per-layer INT8/INT4 calibration + fine-tune"),
+    "build-engine": ("edge_inspector.cli.build_engine", "build a TensorRT plan for this GPU from a bundle"),
+    "bench": ("edge_inspector.cli.bench", "benchmark the engines and the whole loop"),
+    "config": ("edge_inspector.cli.config", "print or check a line configuration"),
 }
 DEFAULT_COMMAND = "run"
 

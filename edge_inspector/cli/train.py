@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge_inspector.export.commands import add_threshold_arguments
+from edge_inspector.cli.export import add_threshold_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from edge_inspector.data.folders import Category, load_images, scan_category
     from edge_inspector.errors import ConfigError
-    from edge_inspector.export.commands import bundle_from_model, holdout_split, print_summary
+    from edge_inspector.cli.export import bundle_from_model, holdout_split, print_summary
     from edge_inspector.model.haloae import build_model
     from edge_inspector.model.presets import load_preset
     from edge_inspector.training.trainer import fit

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edge_inspector.export.commands import add_threshold_arguments
+from edge_inspector.cli.export import add_threshold_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +55,7 @@ def _checkpoint_predictions(path: Path, category, args: argparse.Namespace, prog
     import torch
 
     from edge_inspector.data.folders import load_images, load_test_set
-    from edge_inspector.export.commands import holdout_split
+    from edge_inspector.cli.export import holdout_split
     from edge_inspector.export.onnx_export import ThresholdPolicy, thresholds_from_normal
     from edge_inspector.training.evaluate import predict_with_torch
     from edge_inspector.training.heads import build_scorer

@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from edge_inspector.data.folders import load_images, scan_category
-    from edge_inspector.export.commands import holdout_split
+    from edge_inspector.cli.export import holdout_split
     from edge_inspector.export.onnx_export import ThresholdPolicy, export_bundle, thresholds_from_normal
     from edge_inspector.bundle.graph_size import initializer_bytes
     from edge_inspector.export.qdq import dedupe_initializers, narrow_index_initializers
