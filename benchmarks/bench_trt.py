@@ -94,7 +94,8 @@ def main() -> int:
     import onnxruntime
 
     from edge_inspector.bundle.store import load_bundle
-    from edge_inspector.engines.graph_prep import prepare_bundle_graph, verify_prepared
+    from edge_inspector.engines.fp16_check import verify_prepared
+    from edge_inspector.engines.trt_prep import prepare_bundle_graph
     from edge_inspector.engines.trt_run import probe_device
 
     WORK.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from edge_inspector.bundle.store import Bundle
 from edge_inspector.config import EngineSettings
 from edge_inspector.engines.base import EngineOutput, warmup_image
-from edge_inspector.engines.graph_prep import ort_disabled_optimizers, prepare_for_onnxruntime
+from edge_inspector.engines.ort_rewrites import ort_disabled_optimizers, prepare_for_onnxruntime
 from edge_inspector.errors import BundleError, EngineError
 from edge_inspector.log import kv
 

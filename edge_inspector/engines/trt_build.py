@@ -1,7 +1,7 @@
 """Build a TensorRT plan for this GPU from a model bundle (run it on the target device: plans do not travel).
 
 The recipe works on TensorRT 10.x (JetPack 6) and 11.x (desktop, JetPack >= 7.2.2) alike: precision lives in the
-graph (Q/DQ + FP16 float parts, see ``graph_prep``), the network is strongly typed, and nothing uses calibrators or
+graph (Q/DQ + FP16 float parts, see ``trt_prep``), the network is strongly typed, and nothing uses calibrators or
 precision builder flags (TensorRT 11 removed them). Then: ``OnnxParser`` with every parser error reported, a
 workspace limit, one optimisation profile, a persistent timing cache, ``build_serialized_network``, and a plan with
 its JSON side-car in ``<bundle>/plans/``.
@@ -22,7 +22,8 @@ from tqdm import tqdm
 from edge_inspector import __version__
 from edge_inspector.bundle.plans import PlanSidecar, default_plan_name, gpu_slug, write_sidecar
 from edge_inspector.bundle.store import Bundle, sha256_file
-from edge_inspector.engines.graph_prep import DEFAULT_FP32_OP_TYPES, PreparationReport, prepare_bundle_graph, verify_prepared
+from edge_inspector.engines.fp16_check import verify_prepared
+from edge_inspector.engines.trt_prep import DEFAULT_FP32_OP_TYPES, PreparationReport, prepare_bundle_graph
 from edge_inspector.engines.trt_run import load_tensorrt, make_logger, probe_device
 from edge_inspector.errors import ConfigError, EngineError
 from edge_inspector.log import kv

@@ -20,7 +20,7 @@ its readers (``ConvQuant.input_shared``: a residual block's output, read by the 
 that one DQ. ONNX Runtime fuses ``DQ -> Conv -> Q`` into an
 integer ``QLinearConv``. 4-bit weights are written as their 4-bit grid in INT8 containers (runs as INT8 everywhere), or as
 true ``INT4`` initializers when ``small=True`` (opset >= 21; half the bytes). The engines widen INT4 back into INT8
-containers when they load a graph (``engines.graph_prep.widen_int4_initializers``), so both forms run the same
+containers when they load a graph (``engines.ort_rewrites.widen_int4_initializers``), so both forms run the same
 integer kernels; ONNX Runtime left to itself would dequantize INT4 weights and run a float conv.
 """
 
@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_inspector.engines.graph_prep import METADATA_DISABLED_OPTIMIZERS
+from edge_inspector.engines.ort_rewrites import METADATA_DISABLED_OPTIMIZERS
 from edge_inspector.errors import ConfigError
 from edge_inspector.quantization.fakequant import BIAS_QMAX, QuantConv2d, qmax_for
 
@@ -130,7 +130,7 @@ def insert_qdq(
         small: write 4-bit weights as true INT4 initializers (needs opset >= 21).
         check_reference: refuse when the graph's float weight differs from the torch weight (wrong model).
         activations: ``uint8`` (zero point 128) or ``int8`` (zero point 0): the same symmetric grid. uint8 is
-            what ONNX Runtime's x86 kernels run; int8 is what TensorRT takes (``engines.graph_prep`` converts).
+            what ONNX Runtime's x86 kernels run; int8 is what TensorRT takes (``engines.trt_prep`` converts).
 
     Raises:
         ConfigError: a named conv is not in the graph, its weight differs, or INT4 is asked below opset 21.
@@ -227,12 +227,12 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
 
 
 def ort_session(model: onnx.ModelProto, threads: int = 1, optimize: bool = True):
-    """An ONNX Runtime CPU session for a graph as the line loads it (``engines.graph_prep.prepare_for_onnxruntime``:
+    """An ONNX Runtime CPU session for a graph as the line loads it (``engines.ort_rewrites.prepare_for_onnxruntime``:
     INT4 weights widened to INT8 containers, integer MatMuls as ``MatMulInteger``, weight-only blocks folded), the
     optimizers its metadata says to leave out left out."""
     import onnxruntime as ort
 
-    from edge_inspector.engines.graph_prep import ort_disabled_optimizers, prepare_for_onnxruntime
+    from edge_inspector.engines.ort_rewrites import ort_disabled_optimizers, prepare_for_onnxruntime
 
     model = onnx.ModelProto.FromString(model.SerializeToString())  # rewrite a copy: the caller's graph stays small
     prepare_for_onnxruntime(model)
@@ -403,7 +403,7 @@ def quantize_matmul_input(model: onnx.ModelProto, weight: str, scale: float, act
     ``QuantizeLinear -> DequantizeLinear`` pair in front of it, in place.
 
     With a blocked INT8 ``weight`` (``blocked_int8_weight``) the MatMul is then integer on both sides, which ONNX
-    Runtime's loader runs as ``MatMulInteger`` (``engines.graph_prep.integer_matmuls``).
+    Runtime's loader runs as ``MatMulInteger`` (``engines.ort_rewrites.integer_matmuls``).
     """
     if activations not in ACT_ZERO_POINTS:
         raise ConfigError(f"activations must be one of {sorted(ACT_ZERO_POINTS)}, got {activations!r}")

@@ -18,7 +18,7 @@ precisions (h*w, dims, dims), so the graph is Conv -> Reshape/Transpose -> Sub -
 
 Quantized (``quantize``, HQS stage 2): the factors become INT8 codes with one scale per (cell, output column) and the
 centred features one 8-bit per-tensor grid, so the MatMul runs as an integer matmul (ONNX Runtime:
-``MatMulInteger``, rewritten at load by ``engines.graph_prep``). Why: the factors are 4 MB in float and the rest of
+``MatMulInteger``, rewritten at load by ``engines.ort_rewrites``). Why: the factors are 4 MB in float and the rest of
 the network evicts them from cache, so the float MatMul reads them from memory on every image: 0.3 ms of a 3.9 ms
 HQS image at 2 threads, 0.12 ms as an integer matmul over 1 MB (``calibration/README.md``, numerics).
 """

@@ -16,7 +16,7 @@ Numerics (chosen to match what ONNX Runtime and TensorRT execute, see DESIGN §5
   ONNX Runtime removes the ``DQ -> Clip -> Q`` between two integer convs (measured on HaloAE-lite's Lite0 backbone:
   41 DequantizeLinear, 31 Clip and 37 QuantizeLinear nodes ran in float between the QLinearConvs, 60% of the integer
   graph's time, and made W8A8 slower than FP32). TensorRT has no unsigned INT8: its preparation puts these tensors
-  on the signed grid with twice the step (``engines.graph_prep``);
+  on the signed grid with twice the step (``engines.trt_prep``);
 * bias: int32 on the grid ``scale_x * scale_w`` (what the integer conv kernels of ONNX Runtime accumulate in).
 
 ``torch.round`` and ONNX ``QuantizeLinear`` both round half to even, so a value lands on the same grid point.

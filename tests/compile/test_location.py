@@ -78,7 +78,7 @@ def test_quantized_head_equals_its_integer_onnx_graph(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from edge_inspector.engines.graph_prep import prepare_for_onnxruntime
+    from edge_inspector.engines.ort_rewrites import prepare_for_onnxruntime
     from edge_inspector.export.qdq import blocked_int8_weight, quantize_matmul_input
 
     rng = np.random.default_rng(2)

@@ -102,7 +102,7 @@ def test_calibrate_a_location_head_bundle_refits_the_head_and_stores_int8_factor
                and any(a.name == "block_size" for a in n.attribute)]
     assert [n.output[0] for n in blocked] == ["model.location.cell_precision_factor"]
     # ... and its input on an 8-bit grid, so ONNX Runtime runs the head's MatMul as an integer one
-    from edge_inspector.engines.graph_prep import prepare_for_onnxruntime
+    from edge_inspector.engines.ort_rewrites import prepare_for_onnxruntime
 
     assert [n.name for n in graph.graph.node if n.op_type == "QuantizeLinear" and "location" in n.name] == [
         "model.location.cell_precision_factor/input_Q"]
@@ -122,7 +122,7 @@ def test_calibrate_for_tensorrt_writes_signed_grids_only(tmp_path, capsys):
     """``--target tensorrt``: no activation on the unsigned grid, so TensorRT preparation has nothing inexact to do."""
     from onnx import numpy_helper
 
-    from edge_inspector.engines.graph_prep import prepare_bundle_graph
+    from edge_inspector.engines.trt_prep import prepare_bundle_graph
 
     checkpoint, data = _tiny_checkpoint(tmp_path)
     common = ["--model", str(checkpoint), "--data", str(data), "--budget-bits", "8", "--qat-steps", "0",

@@ -117,7 +117,7 @@ def test_graph_structure(quantized):
 def test_int4_storage_is_widened_on_load_and_runs_the_integer_kernels(quantized, tmp_path):
     import onnxruntime as ort
 
-    from edge_inspector.engines.graph_prep import widen_int4_initializers
+    from edge_inspector.engines.ort_rewrites import widen_int4_initializers
 
     net, fp32, x = quantized
     big, small = _qdq(net, fp32), _qdq(net, fp32, small=True)
@@ -204,7 +204,7 @@ def test_dedupe_initializers_keeps_results(quantized):
 
 
 def test_tensorrt_form_puts_every_activation_on_the_signed_int8_grid(quantized):
-    from edge_inspector.engines.graph_prep import make_qdq_tensorrt_ready
+    from edge_inspector.engines.trt_prep import make_qdq_tensorrt_ready
 
     net, fp32, calib = quantized
     model = _qdq(net, fp32)
@@ -224,7 +224,7 @@ def test_tensorrt_form_puts_every_activation_on_the_signed_int8_grid(quantized):
             assert zp.data_type in (TensorProto.INT8, TensorProto.INT4) and not numpy_helper.to_array(zp).any()
     # the signed grids are exact; the unsigned ones lose one bit: close to, not equal to, the ONNX Runtime form
     # the one inexact rewrite is said out loud when the graph is prepared for a TensorRT build
-    from edge_inspector.engines.graph_prep import prepare_graph
+    from edge_inspector.engines.trt_prep import prepare_graph
 
     _, report = prepare_graph(_qdq(net, fp32), keep_fp32_nodes=[])
     assert report.unsigned_to_int8 == n_unsigned

@@ -116,7 +116,7 @@ def test_a_closed_engine_refuses_work(bundle):
 def test_int4_weights_are_stored_small_and_run_widened_to_int8(tmp_path):
     import onnxruntime as ort
 
-    from edge_inspector.engines.graph_prep import widen_int4_initializers
+    from edge_inspector.engines.ort_rewrites import widen_int4_initializers
     from tests.fixtures.trt_graphs import make_conv_bundle
 
     bundle = make_conv_bundle(tmp_path / "b", int4_weights=True)
@@ -137,7 +137,7 @@ def test_int4_weights_are_stored_small_and_run_widened_to_int8(tmp_path):
 
 
 def test_graph_metadata_names_the_optimizers_to_leave_out():
-    from edge_inspector.engines.graph_prep import METADATA_DISABLED_OPTIMIZERS, ort_disabled_optimizers
+    from edge_inspector.engines.ort_rewrites import METADATA_DISABLED_OPTIMIZERS, ort_disabled_optimizers
 
     model = tiny_graph(16, 16)
     assert ort_disabled_optimizers(model) == []

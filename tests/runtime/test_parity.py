@@ -7,7 +7,8 @@ import onnx
 import pytest
 
 from edge_inspector.bundle.manifest import ParitySpec
-from edge_inspector.engines.graph_prep import bundle_with_graph, prepare_bundle_graph
+from edge_inspector.engines.fp16_check import bundle_with_graph
+from edge_inspector.engines.trt_prep import prepare_bundle_graph
 from edge_inspector.engines.ort import OrtEngine
 from edge_inspector.engines.parity import compare_engines, measure_latency
 from edge_inspector.errors import EngineError

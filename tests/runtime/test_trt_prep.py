@@ -7,13 +7,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_inspector.engines.graph_prep import (
+from edge_inspector.engines.fp16_check import verify_prepared
+from edge_inspector.engines.trt_prep import (
     PREPARED_KEY,
     check_tensorrt_boundary,
     prepare_bundle_graph,
     prepare_graph,
     topological_sort,
-    verify_prepared,
 )
 from edge_inspector.errors import BundleError
 from tests.fixtures.bundles import make_tiny_bundle
@@ -134,7 +134,7 @@ def test_transpose_first_bundle_still_matches_onnxruntime(tmp_path):
     bundle = make_conv_bundle(tmp_path / "b", qdq=True)
     graph = tmp_path / "transpose_first.onnx"
     onnx.save(conv_graph(32, 32, qdq=True, transpose_first=True), graph)
-    from edge_inspector.engines.graph_prep import bundle_with_graph
+    from edge_inspector.engines.fp16_check import bundle_with_graph
 
     exported_like_torch = bundle_with_graph(bundle, graph, tmp_path / "torch_like")
     out = tmp_path / "prepared.onnx"
@@ -165,7 +165,7 @@ def test_int32_bias_and_int4_weights_become_what_tensorrt_parses(tmp_path):
     bundle = make_conv_bundle(tmp_path / "b", qdq=True)
     graph = tmp_path / "int4.onnx"
     onnx.save(original, graph)
-    from edge_inspector.engines.graph_prep import bundle_with_graph
+    from edge_inspector.engines.fp16_check import bundle_with_graph
 
     int4_bundle = bundle_with_graph(bundle, graph, tmp_path / "int4")
     out = tmp_path / "prepared.onnx"
@@ -273,7 +273,7 @@ def test_onnxruntime_preparation_folds_the_blocked_factor_exactly():
     """On the CPU the factor is dequantized once at load instead of on every image: bit-identical outputs."""
     import onnxruntime as ort
 
-    from edge_inspector.engines.graph_prep import prepare_for_onnxruntime
+    from edge_inspector.engines.ort_rewrites import prepare_for_onnxruntime
 
     rng = np.random.default_rng(1)
     model = _blocked_factor_model(rng)
@@ -304,7 +304,7 @@ def test_onnxruntime_runs_the_integer_head_as_matmulinteger():
     in float over a dequantized factor; the loader rewrites it to MatMulInteger -> Cast -> Mul, same values."""
     import onnxruntime as ort
 
-    from edge_inspector.engines.graph_prep import prepare_for_onnxruntime
+    from edge_inspector.engines.ort_rewrites import prepare_for_onnxruntime
 
     rng = np.random.default_rng(3)
     model = _integer_head_model(rng)

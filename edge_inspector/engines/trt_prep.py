@@ -4,7 +4,7 @@ TensorRT 11 removed the FP16/INT8 builder flags and per-layer precision setters;
 tensor in the type the graph gives it. So the float parts of the bundle graph are converted to FP16 here, except:
 
 * nodes the manifest pins to FP32 (``quantization.keep_fp32_nodes``) and op types that must stay FP32 (Softmax:
-  the attention path needs the range; DESIGN §4), which get Casts around them;
+  the attention path needs the range), which get Casts around them;
 * Q/DQ pairs, which stay where they are (their scales become FP16, so a DequantizeLinear feeds an FP16 conv and
   TensorRT can fuse Q/DQ + conv into an INT8 kernel);
 * the graph boundary: the uint8 image input stays uint8, and the float32 outputs stay float32 (a Cast at the end).
@@ -17,15 +17,16 @@ rewrite that is not exact: activations on the unsigned grid (uint8, zero point 0
 no unsigned INT8); TensorRT fuses the ReLU into the conv itself.
 
 The FP16 conversion itself is ONNX Runtime's maintained converter (``onnxruntime.transformers.float16``). The
-prepared graph is checked with ``onnx.checker`` (full type inference) and can be run in ONNX Runtime on the CPU
-against the original: the score drift of the FP16 graph is the part of the TensorRT error that comes from FP16
-rounding alone. Nothing here imports TensorRT.
+prepared graph is checked with ``onnx.checker`` (full type inference); ``engines.fp16_check`` runs it in ONNX
+Runtime on the CPU against the original. Nothing here imports TensorRT.
+
+Entry point: ``prepare_graph`` (graph in, FP16 graph and ``PreparationReport`` out); ``prepare_bundle_graph`` does
+it for a bundle's graph (FP32 pins from its manifest) and writes the result to a file.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_inspector.bundle.store import Bundle, load_bundle, write_bundle
+from edge_inspector.bundle.store import Bundle
+from edge_inspector.engines.ort_rewrites import QDQ_OPS, fold_blocked_weight_dq, widen_int4_initializers
 from edge_inspector.errors import BundleError
 from edge_inspector.log import kv
 
@@ -42,7 +44,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FP32_OP_TYPES = ("Softmax",)
 """Op types kept in FP32 on every build, whatever the manifest says."""
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 FP16_SCALE_OPSET = 19
 """First opset whose QuantizeLinear/DequantizeLinear accept FP16 scales."""
 PREPARED_KEY = "edge_inspector.prepared_for"
@@ -207,155 +208,6 @@ def make_qdq_tensorrt_ready(model: onnx.ModelProto) -> dict[str, int]:
     for tensor in unused:
         graph.initializer.remove(tensor)
     return counts
-
-
-def _block_size(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "block_size"), 0)
-
-
-def _dequantized_blocks(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> onnx.TensorProto:
-    """The float initializer a blocked ``DequantizeLinear`` of constant codes computes (named as its output)."""
-    codes = numpy_helper.to_array(inits[node.input[0]]).astype(np.float64)
-    scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-    zero_point = (numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
-                  if len(node.input) > 2 and node.input[2] else None)
-    block = _block_size(node)
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % codes.ndim
-
-    def per_element(blocks: np.ndarray) -> np.ndarray:
-        return np.repeat(blocks, block, axis=axis)[tuple(slice(0, d) for d in codes.shape)]
-
-    offset = per_element(zero_point) if zero_point is not None else 0.0
-    return numpy_helper.from_array(((codes - offset) * per_element(scale)).astype(np.float32), node.output[0])
-
-
-def fold_blocked_weight_dq(model: onnx.ModelProto) -> int:
-    """Replace blocked ``DequantizeLinear`` nodes of constant codes (weight-only quantization: the location head's
-    INT8 precision factors) by the float initializer they compute, in place; returns how many.
-
-    ONNX Runtime keeps DequantizeLinear nodes out of constant folding (so QDQ fusion can see them) and would
-    dequantize the 1 MB factor on every image (ORT profiler: about 0.6 ms of an 8 ms image); its consumer is a float
-    MatMul either way, so the values are the same. The file keeps the small INT8 form. TensorRT preparation uses it
-    too: TensorRT parses blocked quantization only for INT4 weights."""
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    folded = [n for n in graph.node if n.op_type == "DequantizeLinear" and _block_size(n) and n.input[0] in inits]
-    for node in folded:
-        graph.initializer.append(_dequantized_blocks(node, inits))
-        graph.node.remove(node)
-    used = {name for node in graph.node for name in node.input}
-    for name in {i for node in folded for i in node.input} - used:
-        graph.initializer.remove(inits[name])
-    return len(folded)
-
-
-METADATA_DISABLED_OPTIMIZERS = "edge_inspector.ort_disabled_optimizers"
-"""Graph metadata key: ONNX Runtime optimizers to load the graph without (comma-separated; see
-``export.qdq.ORT_DISABLED_OPTIMIZERS`` for the one graph form that needs it)."""
-
-
-def ort_disabled_optimizers(model: onnx.ModelProto) -> list[str]:
-    """The ONNX Runtime optimizers ``model``'s metadata says to leave out when loading it."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    return [o for o in meta.get(METADATA_DISABLED_OPTIMIZERS, "").split(",") if o]
-
-
-def prepare_for_onnxruntime(model: onnx.ModelProto) -> dict[str, int]:
-    """What a bundle graph needs before an ONNX Runtime CPU session, in place (same values, faster kernels):
-    INT4 weights widened to INT8 containers, integer-on-both-sides MatMuls as ``MatMulInteger``, the remaining
-    blocked weight-only DQs folded to float."""
-    return {"int4_widened": widen_int4_initializers(model), "integer_matmuls": integer_matmuls(model),
-            "blocked_dq_folded": fold_blocked_weight_dq(model)}
-
-
-def integer_matmuls(model: onnx.ModelProto) -> int:
-    """Rewrite ``MatMul(DQ(a), DQ_blocked(B))`` as ``MatMulInteger(a, B) -> Cast -> Mul(a_scale * B_scales)``, in
-    place; returns how many.
-
-    The pattern is the quantized location head (``model.location``): an 8-bit per-tensor input and constant INT8
-    codes with one scale per output column and batch entry (one block over the whole reduction axis), which
-    ONNX Runtime's QDQ fusion does not take. The integer matmul accumulates exactly in int32, and every output is
-    its one sum times the product of the two scales: the values of the QDQ graph, up to float rounding.
-    """
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    replaced: list[onnx.NodeProto] = []
-    for node in list(graph.node):
-        if node.op_type != "MatMul":
-            continue
-        a_dq, b_dq = producer.get(node.input[0]), producer.get(node.input[1])
-        if not (_per_tensor_activation_dq(a_dq, inits) and _blocked_reduction_dq(b_dq, inits)):
-            continue
-        codes = numpy_helper.to_array(inits[b_dq.input[0]])
-        a_scale = numpy_helper.to_array(inits[a_dq.input[1]]).astype(np.float64)
-        b_scale = numpy_helper.to_array(inits[b_dq.input[1]]).astype(np.float64)
-        p = node.name or node.output[0]
-        graph.initializer.extend([
-            numpy_helper.from_array(np.array(0, codes.dtype), f"{p}/b_zp"),
-            numpy_helper.from_array((a_scale * b_scale).astype(np.float32), f"{p}/scale")])
-        at = list(graph.node).index(node)
-        graph.node.remove(node)
-        for offset, new in enumerate([
-            helper.make_node("MatMulInteger", [a_dq.input[0], b_dq.input[0], a_dq.input[2], f"{p}/b_zp"],
-                             [f"{p}/int32"], name=f"{p}/integer"),
-            helper.make_node("Cast", [f"{p}/int32"], [f"{p}/float"], to=TensorProto.FLOAT, name=f"{p}/cast"),
-            helper.make_node("Mul", [f"{p}/float", f"{p}/scale"], [node.output[0]], name=f"{p}/rescale")]):
-            graph.node.insert(at + offset, new)
-        replaced += [a_dq, b_dq]
-    _remove_unread(graph, replaced)
-    return len(replaced) // 2
-
-
-def _per_tensor_activation_dq(node: onnx.NodeProto | None, inits: dict[str, onnx.TensorProto]) -> bool:
-    """A DequantizeLinear of a computed 8-bit tensor with one scale and an explicit zero point."""
-    return (node is not None and node.op_type == "DequantizeLinear" and node.input[0] not in inits
-            and len(node.input) > 2 and node.input[1] in inits and node.input[2] in inits
-            and not list(inits[node.input[1]].dims)
-            and inits[node.input[2]].data_type in (TensorProto.UINT8, TensorProto.INT8))
-
-
-def _blocked_reduction_dq(node: onnx.NodeProto | None, inits: dict[str, onnx.TensorProto]) -> bool:
-    """A blocked DequantizeLinear of constant INT8 codes (..., K, N), zero point 0, with one block over all of K."""
-    if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in inits:
-        return False
-    codes = inits[node.input[0]]
-    rank = len(codes.dims)
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % max(rank, 1)
-    zero_point = (numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] else None)
-    return (codes.data_type == TensorProto.INT8 and rank >= 2 and axis == rank - 2
-            and _block_size(node) == codes.dims[axis] and (zero_point is None or not np.any(zero_point)))
-
-
-def _remove_unread(graph: onnx.GraphProto, candidates: list[onnx.NodeProto]) -> None:
-    """Drop the ``candidates`` whose outputs nobody reads any more, then the initializers only they read."""
-    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    dropped = []
-    for node in candidates:
-        if node in graph.node and not any(o in read for o in node.output):
-            graph.node.remove(node)
-            dropped.append(node)
-    read = {name for node in graph.node for name in node.input}
-    inputs = {name for node in dropped for name in node.input}
-    for tensor in [t for t in graph.initializer if t.name in inputs and t.name not in read]:
-        graph.initializer.remove(tensor)
-
-
-def widen_int4_initializers(model: onnx.ModelProto) -> int:
-    """Rewrite the INT4 initializers that Q/DQ nodes read (codes and zero points) as INT8 containers, in place.
-
-    Same codes, same dequantized values: a bundle stores 4-bit weights as true INT4 (half the bytes), and the engines
-    widen them when they load the graph, because ONNX Runtime's CPU kernels and TensorRT's convolutions only run
-    INT8 integer arithmetic (ONNX Runtime would otherwise dequantize INT4 weights and run a float conv). Returns how
-    many initializers were widened.
-    """
-    read = {name for node in model.graph.node if node.op_type in QDQ_OPS for name in node.input[0::2]}
-    widened = 0
-    for tensor in model.graph.initializer:
-        if tensor.name in read and tensor.data_type == TensorProto.INT4:
-            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.int8), tensor.name))
-            widened += 1
-    return widened
 
 
 def _uint8_grid_to_int8(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto]) -> int:
@@ -530,45 +382,3 @@ def prepare_bundle_graph(
     onnx.save(prepared, str(out_path))
     return report
 
-
-def bundle_with_graph(bundle: Bundle, graph_path: str | Path, out_dir: str | Path) -> Bundle:
-    """A copy of ``bundle`` whose graph is ``graph_path`` (same manifest, new hash), e.g. to run the FP16 graph in
-    ONNX Runtime through the ordinary engine."""
-    manifest = bundle.manifest.model_copy(deep=True)
-    manifest.model_id = f"{manifest.model_id}-fp16"
-    written = write_bundle(out_dir, graph_path, manifest, bundle.calibration_images())
-    return load_bundle(written.path)
-
-
-def verify_prepared(bundle: Bundle, prepared_path: str | Path, max_images: int = 8):
-    """Run the original and the prepared graph in ONNX Runtime (CPU) on the calibration images and compare.
-
-    Both graphs run with ONNX Runtime's graph optimizations off, node by node as the ONNX semantics (and
-    TensorRT) define them, so the difference is the preparation's alone (FP16, the Q/DQ rewrites). Why not the
-    optimized sessions the line uses: ORT's CPU optimizer mis-executes FP16 graphs with Q/DQ nodes (on the HQS
-    magnetic_tile bundle: scores 24.5 instead of 14.2 at every optimization level from ``basic`` up, 14.4 with
-    none), and optimized, the original runs integer kernels where the unoptimized graph computes in float: that
-    difference alone (one-step roundings passed on through ~45 layers) moved the location head's score by up to
-    4.7% with nothing converted to FP16 (one-off check; the FP16 figures are ``benchmarks/bench_trt.py``'s). TensorRT's plan is checked against the line's optimized session later.
-
-    Returns:
-        a ``parity.ParityReport`` (prepared graph as the candidate) judged by the manifest's parity tolerances.
-    """
-    from edge_inspector.config import EngineSettings
-    from edge_inspector.engines.ort import OrtEngine
-    from edge_inspector.engines.parity import compare_engines
-
-    images = bundle.calibration_images()[:max_images]
-    if not len(images):
-        raise BundleError(f"{bundle.path} ships no calibration images: nothing to verify the FP16 graph on")
-    with tempfile.TemporaryDirectory(prefix="edge-inspector-fp16-") as scratch:
-        node_by_node = EngineSettings(graph_optimization="disable")
-        reference = OrtEngine(bundle, node_by_node)
-        candidate = OrtEngine(bundle_with_graph(bundle, prepared_path, scratch), node_by_node)
-        try:
-            return compare_engines(
-                candidate, reference, images, bundle.manifest.thresholds.image, bundle.manifest.parity
-            )
-        finally:
-            candidate.close()
-            reference.close()
