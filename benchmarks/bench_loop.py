@@ -117,7 +117,6 @@ def calibrate(engine, manifest, folder: Path, count: int) -> dict:
 
 def whole_loop(engine, manifest, kind: str, args: argparse.Namespace, capture, decision) -> dict:
     from edge_inspector.pipeline.loop import InspectionLoop
-    from edge_inspector.pipeline.sinks import PublisherSink
 
     intervals = IntervalSink()
     sinks = [intervals]
@@ -128,7 +127,7 @@ def whole_loop(engine, manifest, kind: str, args: argparse.Namespace, capture, d
         spool = WORK / f"bench_loop_spool_{time.time_ns()}"
         publisher = ResultPublisher(MqttSettings(url=args.mqtt, spool_dir=str(spool)), "bench")
         publisher.start()
-        sinks.insert(0, PublisherSink(publisher))
+        sinks.insert(0, publisher)
     loop = InspectionLoop(make_source(kind, args, capture), engine, manifest, sinks, capture=capture,
                           decision=decision, station="bench", overlay=args.overlay)
     progress = tqdm(total=args.frames, desc=f"{kind}: whole loop", unit="img")

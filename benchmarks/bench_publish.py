@@ -34,9 +34,9 @@ sys.path.insert(0, str(HERE.parent))  # the test fixtures (broker, subscriber, r
 
 from edge_inspector.config import MqttSettings  # noqa: E402
 from edge_inspector.ops.records import machine  # noqa: E402
-from edge_inspector.pipeline.results import Verdict  # noqa: E402
 from edge_inspector.publish.broker import Topics  # noqa: E402
 from edge_inspector.publish.mqtt import ResultPublisher  # noqa: E402
+from edge_inspector.results import Verdict  # noqa: E402
 from tests.fixtures.broker import MosquittoBroker, Subscriber, find_mosquitto  # noqa: E402
 from tests.fixtures.inspection_results import make_result  # noqa: E402
 

@@ -2,7 +2,8 @@
 
 Training, evaluation, calibration and the line all call ``to_model_input`` so what the model sees can never differ
 between them. Normalisation (ImageNet mean/std) happens inside the ONNX graph; this only resizes and orders
-channels. ``Letterbox`` records the geometry so anomaly maps can be mapped back onto the original image.
+channels. ``Placement`` records the geometry so anomaly maps can be mapped back onto the original image
+(``pipeline.roi.RoiMapper.model_to_frame``).
 """
 
 from __future__ import annotations
@@ -70,14 +71,3 @@ def to_model_input(
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     out[y0 : y0 + new_h, x0 : x0 + new_w] = cv2.resize(rgb, (new_w, new_h), interpolation=interpolation)
     return out, Placement(x0, y0, new_w, new_h, src_w, src_h)
-
-
-def map_to_source(anomaly_map: np.ndarray, placement: Placement) -> np.ndarray:
-    """Crop the padding off a model-size map (H, W) and resize it to the source image size."""
-    p = placement
-    inner = anomaly_map[p.y : p.y + p.height, p.x : p.x + p.width]
-    return cv2.resize(
-        np.ascontiguousarray(inner, dtype=np.float32),
-        (p.source_width, p.source_height),
-        interpolation=cv2.INTER_LINEAR,
-    )

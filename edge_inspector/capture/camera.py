@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from edge_inspector.capture.sources import Frame, Source
+from edge_inspector.capture.frame import Frame, Source
 from edge_inspector.errors import SourceError
 from edge_inspector.log import kv
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge_inspector.capture.sources import Frame
+from edge_inspector.capture.frame import Frame
 from edge_inspector.config import CaptureSettings
 from edge_inspector.errors import SourceError
 

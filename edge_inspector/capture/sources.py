@@ -1,20 +1,19 @@
 """Frame sources: camera index, video file, rtsp:// URL, image folder and the demo line, behind one interface.
 
 ``open_source("0")`` is a camera, ``open_source("rtsp://...")`` a stream, a folder an image folder, ``"demo"`` the
-synthetic demo line, anything else a video file. Every source yields ``Frame`` objects (BGR uint8, as OpenCV reads).
+synthetic demo line, anything else a video file. Every source yields ``capture.frame.Frame`` objects (BGR uint8, as
+OpenCV reads).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import cv2
-import numpy as np
 
+from edge_inspector.capture.frame import Frame, Source
 from edge_inspector.config import CaptureSettings
 from edge_inspector.errors import SourceError
 from edge_inspector.log import kv
@@ -22,38 +21,6 @@ from edge_inspector.log import kv
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
-@dataclass
-class Frame:
-    image: np.ndarray
-    """BGR (or gray) uint8, full frame."""
-    index: int
-    """Position in the source (0, 1, ...), counting every frame read, judged or not."""
-    captured_at: float
-    """Unix time the frame was read."""
-    source: str
-    decode_ms: float = 0.0
-    label: bool | None = None
-    """Known ground truth (True = defective) when the source has it."""
-    name: str = ""
-    """File name or other human id of the frame."""
-    part_id: str | None = None
-    """Trigger id when a software trigger asked for this frame."""
-
-
-class Source(Protocol):
-    name: str
-    live: bool
-    """True for cameras and streams: frames keep coming and a failure means reconnect, not end of input."""
-
-    def open(self) -> None: ...
-
-    def read(self) -> Frame | None:
-        """The next frame, or None at the end of a finite source. Raises SourceError when a live source fails."""
-        ...
-
-    def close(self) -> None: ...
 
 
 class VideoSource:

@@ -206,7 +206,7 @@ def command_line(args: argparse.Namespace) -> str:
 def main(args: argparse.Namespace) -> int:
     from edge_inspector.bundle.store import load_bundle
     from edge_inspector.errors import ConfigError
-    from edge_inspector.cli.run import resolve_model
+    from edge_inspector.pipeline.line import resolve_model
 
     if args.runs < 1 or args.rounds < 1 or args.warmup < 0:
         raise ConfigError(f"--runs and --rounds must be at least 1 and --warmup at least 0 "

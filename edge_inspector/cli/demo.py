@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def broker_reachable(url: str, timeout_s: float = 0.5) -> bool:
     """A quick TCP probe, so the demo never spools results for a broker that is not there."""
-    from edge_inspector.publish.mqtt import parse_broker_url
+    from edge_inspector.publish.broker import parse_broker_url
 
     address = parse_broker_url(url)
     try:

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from edge_inspector.config import RunConfig, load_run_config
-from edge_inspector.log import kv
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,106 +46,23 @@ def explicit_flags(args: argparse.Namespace) -> dict[str, Any]:
     return explicit
 
 
-def display_available() -> tuple[bool, str]:
-    """Whether a preview window can open here, and why not."""
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return False, "no display (DISPLAY and WAYLAND_DISPLAY are unset)"
-    return True, ""
-
-
-def resolve_model(path: str) -> Path:
-    """The bundle folder: as given, else relative to the repository (so ``models/demo`` works from anywhere)."""
-    given = Path(path)
-    if given.exists() or given.is_absolute():
-        return given
-    beside_repo = Path(__file__).resolve().parents[2] / given
-    return beside_repo if beside_repo.exists() else given
-
-
 def run_line(config: RunConfig, source=None, quiet: bool = False, extra_sinks: list | None = None) -> dict:
-    """Open everything the configuration names, run the loop to its end (or Ctrl-C) and return its stats.
+    """The line as ``edge-inspector run`` runs it: built from ``config``, a line per part on the console, the ops
+    HTTP server beside it when ``http.port`` is set; returns the loop's stats at the end (or Ctrl-C).
 
     Args:
         source: an unopened source to use instead of ``config.source`` (the demo passes its own line).
         extra_sinks: more result consumers (e.g. a collector for a summary).
     """
-    import cv2
+    from edge_inspector.ops.http import OpsServer
+    from edge_inspector.pipeline.line import build_line
+    from edge_inspector.pipeline.sinks import ConsoleSink
 
-    from edge_inspector.bundle.store import load_bundle
-    from edge_inspector.capture.sources import open_source
-    from edge_inspector.engines.select import open_engine
-    from edge_inspector.pipeline.loop import InspectionLoop
-    from edge_inspector.pipeline.sinks import ArchiveSink, ConsoleSink, PreviewSink, PublisherSink
-    from edge_inspector.publish.archive import Archive
-    from edge_inspector.publish.mqtt import ResultPublisher
-
-    bundle = load_bundle(resolve_model(config.model))
-    engine = open_engine(bundle, config.engine)
-    source = source or open_source(config.source, config.capture)
-    show = config.show
-    if show:
-        show, why = display_available()
-        if not show:
-            print(f"--show: {why}; running without a preview window", file=sys.stderr)
-    loop_holder: dict[str, Any] = {}
-
-    def on_command(command) -> dict:
-        answer = loop_holder["loop"].apply_command(command.kind, command.value, command.part_id)
-        if command.kind != "trigger":  # the retained status tells late subscribers what the line now does
-            publisher.set_status(paused=answer["paused"], threshold=answer["effective_threshold"])
-        return answer
-
-    def heartbeat() -> dict:
-        snap = loop_holder["loop"].snapshot()
-        return {"counts": snap["counts"], "paused": snap["paused"], "camera": snap["source"]}
-
-    publisher = None
-    if config.mqtt.enabled:
-        publisher = ResultPublisher(config.mqtt, config.station, on_command, model_id=bundle.manifest.model_id,
-                                    heartbeat_extra=heartbeat)
-    preview = PreviewSink() if show else None
-    sinks = [PublisherSink(publisher)] if publisher else []
-    if config.archive.enabled:
-        sinks.append(ArchiveSink(Archive(config.archive, config.station)))
-    sinks += ([] if quiet else [ConsoleSink()]) + (extra_sinks or []) + ([preview] if preview else [])
-    latest = None
-    if config.http.port:  # /metrics, /readyz, /preview.jpg: the ops package watches the line through a sink
-        from edge_inspector.ops.health import LatestResult
-        from edge_inspector.ops.http import OpsServer
-
-        latest = LatestResult()
-        sinks.append(latest)
-    overlay = "all" if show or config.http.port else ("fail" if config.archive.enabled else "none")
-    loop = InspectionLoop(source, engine, bundle.manifest, sinks, capture=config.capture, decision=config.decision,
-                          roi=config.roi, station=config.station, overlay=overlay)
-    loop_holder["loop"] = loop
-    ops = OpsServer(loop, latest, publisher, config.http.host, config.http.port).start() if latest else None
-    if publisher:
-        publisher.start()  # an unreachable broker is logged by the publisher, and results are spooled meanwhile
-    try:
-        loop.start()
-    except BaseException:
-        if publisher:
-            publisher.stop(drain_timeout=0)
-        if ops:
-            ops.stop()
-        raise
-    try:
-        while not loop.wait(0.03 if preview else 0.2):
-            if preview and preview.latest is not None:
-                cv2.imshow(f"edge-inspector {config.station}", preview.latest)
-                if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                    break
-    finally:
-        loop.stop()
-        if ops:
-            ops.stop()
-        engine.close()
-        if preview:
-            cv2.destroyAllWindows()
-    stats = loop.snapshot()
-    log.info("line stopped", extra=kv(**stats["counts"]))
-    return stats
+    line = build_line(config, source=source, sinks=([] if quiet else [ConsoleSink()]) + list(extra_sinks or []))
+    services = []
+    if config.http.port:  # /metrics, /readyz, /preview.jpg: the ops package watches the built line
+        services.append(OpsServer(line.loop, line.latest, line.publisher, config.http.host, config.http.port))
+    return line.run(services)
 
 
 def main(args: argparse.Namespace) -> int:

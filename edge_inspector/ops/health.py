@@ -1,55 +1,19 @@
-"""Liveness of the line for /readyz and its newest picture for /preview.jpg.
+"""Readiness of the line for /readyz.
 
-``LatestResult`` is a result sink: the loop hands it every result on its publish thread, and it keeps only what the
-HTTP side needs (the newest overlay, whether the newest part was judged fail-safe, when it was judged).
-``readiness`` turns that and the loop's own state into ready / not ready with the reasons.
+``readiness`` turns the loop's own state and its ``pipeline.sinks.LatestResult`` (whether the newest part was judged
+fail-safe, and when it was judged) into ready / not ready with the reasons.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from edge_inspector.pipeline.results import InspectionResult
+from edge_inspector.pipeline.sinks import LatestResult
 
 MIN_STUCK_AFTER_S = 10.0
 """Shortest wait for a judged part before a line with parts waiting counts as stuck."""
-
-
-class LatestResult:
-    """Sink that remembers the newest result's picture and outcome (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._image: np.ndarray | None = None
-        self._error: str | None = None
-        self._judged_at: float | None = None  # time.monotonic()
-
-    def handle(self, result: InspectionResult) -> None:
-        image = result.overlay if result.overlay is not None else result.frame
-        with self._lock:
-            if image is not None:
-                self._image = image
-            self._error = result.error
-            self._judged_at = time.monotonic()
-
-    def close(self) -> None:
-        pass
-
-    @property
-    def image(self) -> np.ndarray | None:
-        """The newest overlay (or frame, when no overlay was drawn), BGR; None before the first part."""
-        with self._lock:
-            return self._image
-
-    def outcome(self) -> tuple[str | None, float | None]:
-        """(why the newest part was judged fail-safe or None, monotonic time it was judged or None)."""
-        with self._lock:
-            return self._error, self._judged_at
 
 
 @dataclass

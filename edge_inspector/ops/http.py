@@ -28,8 +28,9 @@ from prometheus_client.exposition import choose_encoder
 
 from edge_inspector.errors import ConfigError
 from edge_inspector.log import kv
-from edge_inspector.ops.health import LatestResult, readiness
+from edge_inspector.ops.health import readiness
 from edge_inspector.ops.metrics import LineCollector
+from edge_inspector.pipeline.sinks import LatestResult
 
 log = logging.getLogger(__name__)
 

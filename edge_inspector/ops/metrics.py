@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from edge_inspector.pipeline.results import Verdict
+from edge_inspector.results import Verdict
 
 log = logging.getLogger(__name__)
 

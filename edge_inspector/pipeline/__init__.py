@@ -1,1 +1,2 @@
-"""The line: region of interest, decision, overlay and the threaded loop that wires capture, engine and sinks."""
+"""The line: region of interest, decision, overlay, the threaded loop, and ``line.build_line``, the composition root
+that wires source, engine, loop, sinks and the MQTT command handler from one configuration."""

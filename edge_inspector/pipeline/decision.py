@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from edge_inspector.pipeline.results import Region, Verdict
+from edge_inspector.results import Region, Verdict
 
 SENSITIVITY_LIMIT = 1e-3
 """Sensitivity is clamped to [limit, 1 - limit] so the effective threshold stays finite and positive."""

@@ -12,38 +12,27 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
 from edge_inspector.bundle.manifest import Manifest
 from edge_inspector.capture.camera import LatestFrameReader, ReopeningSource
-from edge_inspector.capture.sources import Frame, Source
+from edge_inspector.capture.frame import Frame, Source
 from edge_inspector.config import CaptureSettings, DecisionSettings, RoiSettings
-from edge_inspector.engines.base import Engine, EngineOutput
+from edge_inspector.engines.base import Engine
 from edge_inspector.log import kv
-from edge_inspector.pipeline.decision import Decision, DecisionParams, decide, fail_safe
-from edge_inspector.pipeline.overlay import draw_overlay
-from edge_inspector.pipeline.results import InspectionResult, Verdict
+from edge_inspector.pipeline.decision import DecisionParams
+from edge_inspector.pipeline.judge import Job, Judge
 from edge_inspector.pipeline.roi import RoiMapper
-from edge_inspector.pipeline.sinks import Sink
 from edge_inspector.pipeline.stats import LoopStats
 from edge_inspector.preprocess import to_model_input
+from edge_inspector.publish.commands import Command
+from edge_inspector.results import Sink, Verdict
 
 log = logging.getLogger(__name__)
 
 _END = object()  # queue sentinel: no more work will come
-
-
-@dataclass
-class _Job:
-    frame: Frame
-    timings: dict[str, float] = field(default_factory=dict)
-    model_to_frame: np.ndarray | None = None
-    output: EngineOutput | None = None
-    error: str | None = None
-    started: float = 0.0  # time.monotonic() when inference began, for the watchdog
-    abandoned: bool = False  # the watchdog gave it the fail-safe verdict; a late engine answer is dropped
 
 
 class InspectionLoop:
@@ -63,7 +52,6 @@ class InspectionLoop:
         self.capture = capture or CaptureSettings()
         decision = decision or DecisionSettings()
         self.engine, self.manifest, self.sinks, self.station = engine, manifest, sinks, station
-        self.overlay = overlay
         self.params = DecisionParams(
             threshold=decision.threshold or manifest.thresholds.image,
             pixel_threshold=decision.pixel_threshold or manifest.thresholds.pixel,
@@ -80,12 +68,12 @@ class InspectionLoop:
         newest_only = source.live and (self.mode == "free_run" or self.software_trigger)
         self.reader = LatestFrameReader(reopening) if newest_only else reopening
         self.roi = RoiMapper(roi)
+        self.judge = Judge(manifest, self.roi, station, overlay)
         self.stats = LoopStats()
         self._triggers: queue.Queue[str] = queue.Queue()
         self._q_infer, self._q_decide, self._q_publish = (queue.Queue(self.capture.queue_size) for _ in range(3))
         self._lock = threading.Lock()
-        self._inflight: _Job | None = None
-        self._run_id = int(time.time())
+        self._inflight: Job | None = None
         self.failure: str | None = None
         self._watchdog_ended = False
         self._capture_done, self._done = threading.Event(), threading.Event()
@@ -147,18 +135,12 @@ class InspectionLoop:
         self.params = replace(self.params, sensitivity=value)
         log.warning("sensitivity changed", extra=kv(sensitivity=value, effective=self.params.effective_threshold))
 
-    def apply_command(self, kind: str, value: float | None = None, part_id: str | None = None) -> dict:
-        """Apply a validated remote command; returns what the line now uses (for the command response)."""
-        actions = {
-            "set_threshold": lambda: self.set_threshold(float(value)),
-            "set_sensitivity": lambda: self.set_sensitivity(float(value)),
-            "pause": self.pause,
-            "resume": self.resume,
-            "trigger": lambda: self.trigger(str(part_id)),
-        }
-        if kind not in actions:
-            raise ValueError(f"unknown command kind {kind!r}")
-        actions[kind]()
+    def apply_command(self, command: Command) -> dict:
+        """Apply a validated remote command; returns what the line now uses (for the command response).
+
+        This is the MQTT publisher's command handler (wired by ``pipeline.line.build_line``).
+        """
+        command.apply(self)
         return {"threshold": self.params.threshold, "sensitivity": self.params.sensitivity,
                 "effective_threshold": self.params.effective_threshold, "paused": self.paused}
 
@@ -226,7 +208,7 @@ class InspectionLoop:
                 break
             taken += 1
             self.stats.count("frames_read")
-            job = _Job(frame)
+            job = Job(frame)
             job.timings["decode"] = frame.decode_ms
             if self.mode == "free_run":
                 taken -= self._put_newest(job)  # a dropped frame does not count towards max_frames
@@ -234,7 +216,7 @@ class InspectionLoop:
                 break
         self._capture_done.set()
 
-    def _put_newest(self, job: _Job) -> int:
+    def _put_newest(self, job: Job) -> int:
         """Free run: make room by dropping the oldest waiting frames, never block the camera; returns the drops."""
         dropped = 0
         while True:
@@ -326,49 +308,11 @@ class InspectionLoop:
             if job is _END:
                 self._put(self._q_publish, _END)
                 return
-            self._put(self._q_publish, self._judge(job))
-
-    def _judge(self, job: _Job) -> InspectionResult:
-        params = self.params  # one consistent snapshot even if a command changes it meanwhile
-        frame = job.frame
-        start = time.perf_counter()
-        if job.output is None or job.error:
-            decision = fail_safe(params, job.error or "no model output")
-            self.stats.count("errors")
-            log.warning("fail-safe verdict", extra=kv(frame=frame.index, error=decision.error))
-        else:
-            try:
-                decision = decide(job.output.anomaly_map, job.output.score, params, job.model_to_frame,
-                                  frame.image.shape)
-            except Exception as exc:  # fail closed on anything unexpected
-                decision = fail_safe(params, f"decision failed: {exc}")
-        job.timings["decision"] = (time.perf_counter() - start) * 1e3
-        overlay = None
-        if self.overlay == "all" or (self.overlay == "fail" and decision.verdict != Verdict.PASS):
-            start = time.perf_counter()
-            overlay = self._draw(job, decision, params)
-            job.timings["overlay"] = (time.perf_counter() - start) * 1e3
-        decided = time.time()
-        job.timings["total"] = (decided - frame.captured_at) * 1e3 + frame.decode_ms
-        self.stats.record_part(job.timings, decision.verdict.value)
-        return InspectionResult(
-            sequence=0, part_id=frame.part_id or f"{self.station}-{self._run_id}-{frame.index}",
-            captured_at=frame.captured_at, decided_at=decided, verdict=decision.verdict, score=decision.score,
-            normalized_score=decision.normalized_score, threshold=decision.threshold, regions=decision.regions,
-            model_id=self.manifest.model_id, latency_ms={k: round(v, 3) for k, v in job.timings.items()},
-            source=frame.name or frame.source, frame_index=frame.index, error=decision.error, mask=decision.mask,
-            frame=frame.image, overlay=overlay, ground_truth=frame.label,
-        )
-
-    def _draw(self, job: _Job, decision: Decision, params: DecisionParams) -> np.ndarray | None:
-        try:
-            return draw_overlay(job.frame.image, job.output.anomaly_map if job.output else None,
-                                job.model_to_frame if job.model_to_frame is not None else np.eye(2, 3),
-                                params.pixel_threshold, decision.verdict, decision.normalized_score,
-                                decision.regions, self.roi.outline())
-        except Exception:  # an overlay is a picture: failing to draw it must not cost the verdict
-            log.exception("overlay failed", extra=kv(frame=job.frame.index))
-            return None
+            if job.failed:
+                self.stats.count("errors")
+            result = self.judge(job, self.params)  # one consistent snapshot even if a command changes it meanwhile
+            self.stats.record_part(job.timings, result.verdict.value)
+            self._put(self._q_publish, result)
 
     def _publish_stage(self) -> None:
         failed: set = set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge_inspector.pipeline.results import Region, Verdict
+from edge_inspector.results import Region, Verdict
 
 _COLOURS = {Verdict.PASS: (60, 180, 60), Verdict.FAIL: (40, 40, 230), Verdict.UNKNOWN: (0, 165, 255)}  # BGR
 HEAT_ALPHA = 0.45

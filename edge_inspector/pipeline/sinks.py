@@ -1,22 +1,19 @@
-"""Result sinks: the console printer, a collector for summaries, and adapters for the publisher and the archive.
+"""The line's own result sinks: the console printer, a collector for summaries, and the newest-result holder.
 
-The adapters only call ``publish(result)`` / ``add(result)``, so the pipeline does not import ``publish``.
+The other sinks live where their concern does: the MQTT publisher and the frame archive in ``publish``. Every sink
+follows ``results.Sink``.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Protocol, TextIO
+import threading
+import time
+from typing import TextIO
 
-from edge_inspector.pipeline.results import InspectionResult, Verdict
+import numpy as np
 
-
-class Sink(Protocol):
-    """Consumes results in order from the loop's publish thread (console, MQTT publisher, archive, preview)."""
-
-    def handle(self, result: InspectionResult) -> None: ...
-
-    def close(self) -> None: ...
+from edge_inspector.results import InspectionResult, Verdict
 
 
 def format_result(result: InspectionResult) -> str:
@@ -37,6 +34,8 @@ def format_result(result: InspectionResult) -> str:
 
 
 class ConsoleSink:
+    """Prints one line per part (``format_result``)."""
+
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stdout
 
@@ -63,40 +62,37 @@ class CollectingSink:
         pass
 
 
-class PublisherSink:
-    """Hands results to the MQTT ``ResultPublisher`` (which spools them and assigns sequence numbers)."""
+class LatestResult:
+    """Remembers the newest result's picture and outcome (thread-safe).
 
-    def __init__(self, publisher):
-        self.publisher = publisher
-
-    def handle(self, result: InspectionResult) -> None:
-        self.publisher.publish(result)
-
-    def close(self) -> None:
-        self.publisher.stop()
-
-
-class ArchiveSink:
-    """Keeps FAIL frames (and a sample of PASS) through the publish package's ``Archive``."""
-
-    def __init__(self, archive):
-        self.archive = archive
-
-    def handle(self, result: InspectionResult) -> None:
-        self.archive.add(result)
-
-    def close(self) -> None:
-        pass
-
-
-class PreviewSink:
-    """Keeps the newest picture for a preview window drawn by the main thread (GUI calls belong there)."""
+    The main thread shows its picture in the ``--show`` preview window; the ops HTTP server serves it on
+    /preview.jpg and reads its outcome for /readyz.
+    """
 
     def __init__(self) -> None:
-        self.latest = None
+        self._lock = threading.Lock()
+        self._image: np.ndarray | None = None
+        self._error: str | None = None
+        self._judged_at: float | None = None  # time.monotonic()
 
     def handle(self, result: InspectionResult) -> None:
-        self.latest = result.overlay if result.overlay is not None else result.frame
+        image = result.overlay if result.overlay is not None else result.frame
+        with self._lock:
+            if image is not None:
+                self._image = image
+            self._error = result.error
+            self._judged_at = time.monotonic()
 
     def close(self) -> None:
         pass
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The newest overlay (or frame, when no overlay was drawn), BGR; None before the first part."""
+        with self._lock:
+            return self._image
+
+    def outcome(self) -> tuple[str | None, float | None]:
+        """(why the newest part was judged fail-safe or None, monotonic time it was judged or None)."""
+        with self._lock:
+            return self._error, self._judged_at

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from edge_inspector.config import ArchiveSettings
 from edge_inspector.log import kv
-from edge_inspector.pipeline.results import InspectionResult, Verdict
 from edge_inspector.publish.schema import build_message
+from edge_inspector.results import InspectionResult, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ def _safe(text: str) -> str:
 
 class Archive:
     """Stores frames of judged parts under a disk cap.
+
+    A result sink (``results.Sink``): the loop calls ``handle`` (``add``) for every result and ``close`` at its end.
 
     Args:
         settings: The ``archive`` section of the configuration.
@@ -136,6 +138,10 @@ class Archive:
         else:
             self._jobs.put(job)
         return folder / f"{stem}.json"
+
+    def handle(self, result: InspectionResult) -> None:
+        """Sink interface: ``add``."""
+        self.add(result)
 
     def flush(self) -> None:
         """Wait until every group handed to ``add`` is written (or has failed)."""

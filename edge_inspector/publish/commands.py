@@ -2,7 +2,9 @@
 
 A command is one JSON object, e.g. ``{"kind": "set_threshold", "value": 0.42, "id": "plc-17"}``. ``id`` is
 optional and echoed in the response so a controller can match answers to requests. Anything that is not a valid
-command raises ``CommandError``; its message is sent back on ``<prefix>/<station>/cmd/response``.
+command raises ``CommandError``; its message is sent back on ``<prefix>/<station>/cmd/response``. ``COMMANDS`` is
+the one table of kinds: parsing checks a payload against it and ``Command.apply`` calls the line's method of the
+same name (``LineControl``, which the loop implements).
 
 | kind            | fields                       | meaning                                               |
 |-----------------|------------------------------|-------------------------------------------------------|
@@ -17,23 +19,18 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Protocol
 
 from edge_inspector.errors import EdgeInspectorError
+from edge_inspector.log import kv
+
+log = logging.getLogger(__name__)
 
 MAX_PART_ID_LENGTH = 128
 MAX_ID_LENGTH = 128
-
-# kind -> the fields it takes besides "kind" and "id"
-KINDS: dict[str, tuple[str, ...]] = {
-    "set_threshold": ("value",),
-    "set_sensitivity": ("value",),
-    "pause": (),
-    "resume": (),
-    "trigger": ("part_id",),
-}
 
 
 class CommandError(EdgeInspectorError):
@@ -46,21 +43,18 @@ class CommandError(EdgeInspectorError):
         """The command kind when it was recognised, for the response."""
 
 
-@dataclass(frozen=True)
-class Command:
-    """One validated command.
+class LineControl(Protocol):
+    """What commands act on: one method per command kind, named after it (``pipeline.loop.InspectionLoop``)."""
 
-    Attributes:
-        kind: One of ``KINDS``.
-        value: The number for set_threshold / set_sensitivity, else None.
-        part_id: The part id for trigger, else None.
-        request_id: The optional ``id`` of the request, echoed in the response.
-    """
+    def set_threshold(self, value: float) -> None: ...
 
-    kind: str
-    value: float | None = None
-    part_id: str | None = None
-    request_id: str | None = None
+    def set_sensitivity(self, value: float) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def trigger(self, part_id: str) -> None: ...
 
 
 def _number(doc: dict[str, Any], kind: str, request_id: str | None) -> float:
@@ -73,6 +67,90 @@ def _number(doc: dict[str, Any], kind: str, request_id: str | None) -> float:
     if not math.isfinite(number):
         raise CommandError(f"{kind}: 'value' must be a finite number, got {value!r}", request_id, kind)
     return number
+
+
+def _threshold(doc: dict[str, Any], kind: str, request_id: str | None) -> float:
+    value = _number(doc, kind, request_id)
+    if value <= 0:
+        raise CommandError(f"{kind}: 'value' must be > 0, got {value}", request_id, kind)
+    return value
+
+
+def _sensitivity(doc: dict[str, Any], kind: str, request_id: str | None) -> float:
+    value = _number(doc, kind, request_id)
+    if not 0.0 <= value <= 1.0:
+        raise CommandError(f"{kind}: 'value' must be within [0, 1], got {value}", request_id, kind)
+    return value
+
+
+def _part_id(doc: dict[str, Any], kind: str, request_id: str | None) -> str:
+    part_id = doc.get("part_id")
+    if not isinstance(part_id, str) or not part_id.strip() or len(part_id) > MAX_PART_ID_LENGTH:
+        raise CommandError(
+            f"{kind}: 'part_id' must be a non-empty string of at most {MAX_PART_ID_LENGTH} characters, "
+            f"got {part_id!r}", request_id, kind)
+    return part_id
+
+
+@dataclass(frozen=True)
+class CommandKind:
+    """One row of the command table.
+
+    Attributes:
+        argument: The one field the command takes besides ``kind`` and ``id`` ("value", "part_id"), or None. It is
+            also the ``Command`` attribute that carries it and the ``LineControl`` method's parameter.
+        read: Validates the argument in the JSON document and returns it (raises ``CommandError``).
+        changes_settings: The command changes what the line does (threshold, pause), so the retained status is
+            republished after it.
+    """
+
+    argument: str | None = None
+    read: Callable[[dict[str, Any], str, str | None], Any] | None = None
+    changes_settings: bool = True
+
+
+COMMANDS: dict[str, CommandKind] = {
+    "set_threshold": CommandKind("value", _threshold),
+    "set_sensitivity": CommandKind("value", _sensitivity),
+    "pause": CommandKind(),
+    "resume": CommandKind(),
+    "trigger": CommandKind("part_id", _part_id, changes_settings=False),
+}
+"""Every command kind: parsing validates against it, ``Command.apply`` calls the ``LineControl`` method it names."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One validated command.
+
+    Attributes:
+        kind: One of ``COMMANDS``.
+        value: The number for set_threshold / set_sensitivity, else None.
+        part_id: The part id for trigger, else None.
+        request_id: The optional ``id`` of the request, echoed in the response.
+    """
+
+    kind: str
+    value: float | None = None
+    part_id: str | None = None
+    request_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in COMMANDS:
+            raise ValueError(f"unknown command kind {self.kind!r}; allowed: {', '.join(COMMANDS)}")
+
+    @property
+    def changes_settings(self) -> bool:
+        return COMMANDS[self.kind].changes_settings
+
+    def apply(self, line: LineControl) -> None:
+        """Call the ``line`` method named after this command's kind, with its argument."""
+        argument = COMMANDS[self.kind].argument
+        method = getattr(line, self.kind)
+        if argument is None:
+            method()
+        else:
+            method(getattr(self, argument))
 
 
 def parse_command(payload: bytes) -> Command:
@@ -101,36 +179,21 @@ def parse_command(payload: bytes) -> Command:
         raise CommandError(f"'id' must be a string of at most {MAX_ID_LENGTH} characters, got {request_id!r}")
     kind = doc.get("kind")
     if not isinstance(kind, str):
-        raise CommandError(f"missing 'kind' (one of: {', '.join(KINDS)})", request_id)
-    if kind not in KINDS:
-        close = difflib.get_close_matches(kind, list(KINDS), n=1)
+        raise CommandError(f"missing 'kind' (one of: {', '.join(COMMANDS)})", request_id)
+    if kind not in COMMANDS:
+        close = difflib.get_close_matches(kind, list(COMMANDS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise CommandError(f"unknown kind '{kind}'.{hint} Allowed: {', '.join(KINDS)}", request_id)
-    allowed = {"kind", "id", *KINDS[kind]}
+        raise CommandError(f"unknown kind '{kind}'.{hint} Allowed: {', '.join(COMMANDS)}", request_id)
+    spec = COMMANDS[kind]
+    allowed = {"kind", "id", *([spec.argument] if spec.argument else [])}
     extra = sorted(set(doc) - allowed)
     if extra:
         raise CommandError(
             f"{kind}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}", request_id, kind
         )
-
-    if kind == "set_threshold":
-        value = _number(doc, kind, request_id)
-        if value <= 0:
-            raise CommandError(f"set_threshold: 'value' must be > 0, got {value}", request_id, kind)
-        return Command(kind, value=value, request_id=request_id)
-    if kind == "set_sensitivity":
-        value = _number(doc, kind, request_id)
-        if not 0.0 <= value <= 1.0:
-            raise CommandError(f"set_sensitivity: 'value' must be within [0, 1], got {value}", request_id, kind)
-        return Command(kind, value=value, request_id=request_id)
-    if kind == "trigger":
-        part_id = doc.get("part_id")
-        if not isinstance(part_id, str) or not part_id.strip() or len(part_id) > MAX_PART_ID_LENGTH:
-            raise CommandError(
-                f"trigger: 'part_id' must be a non-empty string of at most {MAX_PART_ID_LENGTH} characters, "
-                f"got {part_id!r}", request_id, kind)
-        return Command(kind, part_id=part_id, request_id=request_id)
-    return Command(kind, request_id=request_id)
+    if spec.argument is None:
+        return Command(kind, request_id=request_id)
+    return Command(kind, request_id=request_id, **{spec.argument: spec.read(doc, kind, request_id)})
 
 
 def response(request_id: str | None, kind: str | None, ok: bool, detail: dict | str) -> bytes:
@@ -145,3 +208,30 @@ def response(request_id: str | None, kind: str | None, ok: bool, detail: dict | 
     doc: dict[str, Any] = {"id": request_id, "kind": kind, "ok": ok}
     doc["result" if ok else "error"] = detail
     return json.dumps(doc, default=str).encode()
+
+
+def answer(payload: bytes, handler: Callable[[Command], dict] | None) -> bytes:
+    """Parse one command payload, hand it to ``handler`` and return the response document; never raises.
+
+    Args:
+        payload: The raw MQTT payload.
+        handler: Applies a valid command and returns a dict for the response, or None when the station takes no
+            commands. An EdgeInspectorError or ValueError it raises is answered with its message; anything else
+            as "command failed".
+    """
+    try:
+        command = parse_command(payload)
+    except CommandError as exc:
+        log.warning("rejected command", extra=kv(error=str(exc)))
+        return response(exc.request_id, exc.kind, False, str(exc))
+    if handler is None:
+        return response(command.request_id, command.kind, False, "this station does not accept commands")
+    try:
+        result = handler(command) or {}
+    except (EdgeInspectorError, ValueError) as exc:
+        return response(command.request_id, command.kind, False, str(exc))
+    except Exception as exc:  # a failing handler must answer, not kill the caller's (network) thread
+        log.exception("command handler failed", extra=kv(kind=command.kind))
+        return response(command.request_id, command.kind, False, f"command failed: {type(exc).__name__}: {exc}")
+    log.info("command applied", extra=kv(kind=command.kind, id=command.request_id))
+    return response(command.request_id, command.kind, True, result)

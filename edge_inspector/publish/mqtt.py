@@ -30,13 +30,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_inspector import __version__
 from edge_inspector.config import MqttSettings, TlsSettings
-from edge_inspector.errors import ConfigError, EdgeInspectorError
+from edge_inspector.errors import ConfigError
 from edge_inspector.log import kv
-from edge_inspector.pipeline.results import InspectionResult, Verdict
 from edge_inspector.publish.broker import BrokerAddress, Topics, checked_tls, credentials, parse_broker_url
-from edge_inspector.publish.commands import Command, CommandError, parse_command, response
+from edge_inspector.publish.commands import Command, answer
 from edge_inspector.publish.schema import build_message, iso_utc
 from edge_inspector.publish.spool import Spool, spool_path
+from edge_inspector.results import InspectionResult, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,17 @@ def _configure_tls(client: paho.Client, tls: TlsSettings | None, address: Broker
 class ResultPublisher:
     """Publishes inspection results over MQTT through a durable spool, and answers commands.
 
+    A result sink (``results.Sink``): the loop calls ``handle`` for every result and ``close`` at its end.
+
     Args:
         settings: The ``mqtt`` section of the configuration.
         station: Station name (part of every topic).
         on_command: Called (on paho's network thread; keep it quick) with each valid command; returns a dict for
-            the response. Raising an EdgeInspectorError or ValueError answers with its message.
+            the response. Raising an EdgeInspectorError or ValueError answers with its message. The attribute of
+            the same name may be set after construction, before ``start()``.
         model_id: Reported on the status topic.
-        heartbeat_extra: Returns extra counters (frames, drops, ...) for each heartbeat.
+        heartbeat_extra: Returns extra counters (frames, drops, ...) for each heartbeat; settable like
+            ``on_command``.
 
     Raises:
         ConfigError: Bad URL, missing TLS files, or a password without a user name.
@@ -113,8 +117,8 @@ class ResultPublisher:
         self.settings = settings
         self.station = station
         self.topics = Topics.for_station(settings.topic_prefix, station)
-        self._on_command = on_command
-        self._heartbeat_extra = heartbeat_extra
+        self.on_command = on_command
+        self.heartbeat_extra = heartbeat_extra
         self._status: dict[str, Any] = {"station": station, "model_id": model_id, "version": __version__}
         self.address = parse_broker_url(settings.url)
         self._spool = Spool(spool_path(settings.spool_dir, station), int(settings.spool_max_mb * 1024 * 1024),
@@ -181,6 +185,14 @@ class ResultPublisher:
         sequence = self._spool.append(Verdict(result.verdict).value, payload)
         self._wake.set()
         return sequence
+
+    def handle(self, result: InspectionResult) -> None:
+        """Sink interface: ``publish``."""
+        self.publish(result)
+
+    def close(self) -> None:
+        """Sink interface: ``stop`` (send what is spooled while connected, then disconnect)."""
+        self.stop()
 
     def set_status(self, **fields: Any) -> None:
         """Add or change fields of the retained status (e.g. ``paused=True``) and republish it."""
@@ -299,9 +311,9 @@ class ResultPublisher:
             "last_sequence": health.last_sequence, "acked": health.acked, "pending": health.pending,
             "dropped_pass": health.dropped_pass, "disconnects": health.disconnects, "commands": health.commands,
         }
-        if self._heartbeat_extra is not None:
+        if self.heartbeat_extra is not None:
             try:
-                doc.update(self._heartbeat_extra())
+                doc.update(self.heartbeat_extra())
             except Exception as exc:  # a metrics hook must not stop publishing
                 log.warning("heartbeat_extra failed", extra=kv(error=repr(exc)))
         self._client.publish(self.topics.heartbeat, json.dumps(doc, default=str), qos=0)
@@ -349,26 +361,4 @@ class ResultPublisher:
         if message.topic != self.topics.cmd:
             return
         self._commands += 1
-        try:
-            command = parse_command(message.payload)
-        except CommandError as exc:
-            log.warning("rejected command", extra=kv(error=str(exc)))
-            self._respond(exc.request_id, exc.kind, False, str(exc))
-            return
-        if self._on_command is None:
-            self._respond(command.request_id, command.kind, False, "this station does not accept commands")
-            return
-        try:
-            result = self._on_command(command) or {}
-        except (EdgeInspectorError, ValueError) as exc:
-            self._respond(command.request_id, command.kind, False, str(exc))
-            return
-        except Exception as exc:  # a failing handler must answer, not kill the network thread
-            log.exception("command handler failed", extra=kv(kind=command.kind))
-            self._respond(command.request_id, command.kind, False, f"command failed: {type(exc).__name__}: {exc}")
-            return
-        log.info("command applied", extra=kv(kind=command.kind, id=command.request_id))
-        self._respond(command.request_id, command.kind, True, result)
-
-    def _respond(self, request_id: str | None, kind: str | None, ok: bool, detail: dict | str) -> None:
-        self._client.publish(self.topics.cmd_response, response(request_id, kind, ok, detail), qos=1)
+        self._client.publish(self.topics.cmd_response, answer(message.payload, self.on_command), qos=1)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge_inspector.pipeline.results import InspectionResult, Verdict
+from edge_inspector.results import InspectionResult, Verdict
 
 SCHEMA_VERSION = 1
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from edge_inspector.config import ArchiveSettings
-from edge_inspector.pipeline.results import Verdict
 from edge_inspector.publish.archive import QUEUE_SIZE, Archive
 from edge_inspector.publish.schema import ResultMessage
+from edge_inspector.results import Verdict
 from tests.fixtures.inspection_results import make_result
 
 

@@ -13,7 +13,7 @@ from edge_inspector.pipeline.decision import (
     find_regions,
     normalized_score,
 )
-from edge_inspector.pipeline.results import Verdict
+from edge_inspector.results import Verdict
 
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 

@@ -1,6 +1,7 @@
 """The threaded loop on the real ORT engine: triggered and free-run modes, fail-safe on errors and timeouts,
 pause/resume, software triggers and run-time threshold changes."""
 
+import inspect
 import time
 
 import cv2
@@ -14,8 +15,9 @@ from edge_inspector.config import CaptureSettings, DecisionSettings, EngineSetti
 from edge_inspector.engines.ort import OrtEngine
 from edge_inspector.errors import EngineError
 from edge_inspector.pipeline.loop import InspectionLoop
-from edge_inspector.pipeline.results import Verdict
 from edge_inspector.pipeline.sinks import CollectingSink
+from edge_inspector.publish.commands import COMMANDS, Command
+from edge_inspector.results import Verdict
 from tests.fixtures.bundles import make_tiny_bundle
 
 SIZE = 128
@@ -151,28 +153,34 @@ def test_software_trigger_and_run_time_threshold_change(engine, bundle, tmp_path
     loop.start()
     time.sleep(0.2)
     assert sink.results == []  # nothing is judged without a trigger
-    loop.apply_command("trigger", part_id="plc-1")
+    loop.apply_command(Command("trigger", part_id="plc-1"))
     deadline = time.monotonic() + 10
     while len(sink.results) < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
-    answer = loop.apply_command("set_threshold", value=1000.0)
+    answer = loop.apply_command(Command("set_threshold", value=1000.0))
     assert answer["threshold"] == 1000.0
-    loop.apply_command("trigger", part_id="plc-2")
+    loop.apply_command(Command("trigger", part_id="plc-2"))
     while len(sink.results) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    loop.apply_command("set_threshold", value=1.0)
-    loop.apply_command("set_sensitivity", value=0.99)  # effective threshold 1.0 * 0.01 / 0.99: rejects again
-    loop.apply_command("trigger", part_id="plc-3")
+    loop.apply_command(Command("set_threshold", value=1.0))
+    loop.apply_command(Command("set_sensitivity", value=0.99))  # effective threshold 1.0 * 0.01 / 0.99: rejects again
+    loop.apply_command(Command("trigger", part_id="plc-3"))
     assert loop.wait(10)
     loop.stop()
     verdicts = [(r.part_id, r.verdict) for r in sink.results]
     assert verdicts == [("plc-1", Verdict.FAIL), ("plc-2", Verdict.PASS), ("plc-3", Verdict.FAIL)]
 
 
+def test_every_command_kind_is_a_loop_method_taking_its_argument():
+    for kind, spec in COMMANDS.items():
+        parameters = list(inspect.signature(getattr(InspectionLoop, kind)).parameters)[1:]  # without self
+        assert parameters == ([spec.argument] if spec.argument else []), kind
+
+
 def test_trigger_needs_the_trigger_mode(engine, bundle):
     loop = InspectionLoop(DemoLine(parts=1, size=SIZE), engine, bundle.manifest, [])
     with pytest.raises(ValueError, match="trigger_source=mqtt"):
-        loop.apply_command("trigger", part_id="x")
+        loop.apply_command(Command("trigger", part_id="x"))
 
 
 def test_roi_regions_come_back_in_frame_pixels(engine, bundle, tmp_path):
@@ -220,6 +228,6 @@ def test_a_crashing_stage_stops_the_loop_and_says_why(engine, bundle):
 
     sink = Closing()
     loop = InspectionLoop(DemoLine(parts=50, size=SIZE), engine, bundle.manifest, [sink])
-    loop._judge = None  # a bug in the decision stage (not guarded per part, unlike engine errors)
+    loop.judge = None  # a bug in the decision stage (not guarded per part, unlike engine errors)
     stats = loop.run()
     assert stats["failure"] and "decision" in stats["failure"] and sink.closed

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from edge_inspector.config import MqttSettings
-from edge_inspector.pipeline.results import Verdict
 from edge_inspector.publish.broker import Topics
 from edge_inspector.publish.mqtt import ResultPublisher
 from edge_inspector.publish.spool import spool_path
+from edge_inspector.results import Verdict
 from tests.fixtures.broker import Subscriber
 from tests.fixtures.inspection_results import make_result
 

@@ -9,10 +9,10 @@ import pytest
 
 from edge_inspector.config import MqttSettings, TlsSettings
 from edge_inspector.errors import ConfigError
-from edge_inspector.pipeline.results import Verdict
 from edge_inspector.publish.broker import Topics
 from edge_inspector.publish.mqtt import ResultPublisher
 from edge_inspector.publish.spool import SpoolError
+from edge_inspector.results import Verdict
 from tests.fixtures.broker import SKIP_REASON, MosquittoBroker, Subscriber, find_mosquitto
 from tests.fixtures.inspection_results import assert_message_matches, make_result
 from tests.fixtures.tls_certs import make_secure_listener

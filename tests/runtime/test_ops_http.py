@@ -16,10 +16,9 @@ from edge_inspector.capture.demo_line import DemoLine
 from edge_inspector.config import CaptureSettings, DecisionSettings, EngineSettings, load_run_config
 from edge_inspector.engines.ort import OrtEngine
 from edge_inspector.errors import ConfigError, EngineError
-from edge_inspector.ops.health import LatestResult
 from edge_inspector.ops.http import OpsServer
 from edge_inspector.pipeline.loop import InspectionLoop
-from edge_inspector.pipeline.sinks import CollectingSink
+from edge_inspector.pipeline.sinks import CollectingSink, LatestResult
 from tests.fixtures.broker import free_port
 from tests.fixtures.bundles import make_tiny_bundle
 

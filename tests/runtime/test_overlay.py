@@ -3,7 +3,7 @@
 import numpy as np
 
 from edge_inspector.pipeline.overlay import draw_overlay
-from edge_inspector.pipeline.results import Region, Verdict
+from edge_inspector.results import Region, Verdict
 
 SCALE_2 = np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
 

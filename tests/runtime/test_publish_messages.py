@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_inspector.pipeline.results import Verdict
 from edge_inspector.publish.commands import Command, CommandError, parse_command, response
 from edge_inspector.publish.schema import ResultMessage, build_message
+from edge_inspector.results import Verdict
 from tests.fixtures.inspection_results import assert_message_matches, make_result
 
 MQTT_DOC = Path(__file__).resolve().parents[2] / "deploy" / "MQTT.md"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edge_inspector.preprocess import map_to_source, to_model_input
+from edge_inspector.preprocess import to_model_input
 
 
 def test_gray_is_copied_to_three_channels_and_stretched():
@@ -21,15 +21,14 @@ def test_bgr_is_turned_into_rgb():
     assert out[0, 0].tolist() == [0, 0, 255]
 
 
-def test_letterbox_keeps_aspect_and_maps_back():
+def test_letterbox_keeps_aspect_and_says_where_the_image_landed():
     tall = np.full((200, 100), 200, np.uint8)
     out, place = to_model_input(tall, width=64, height=64, resize="letterbox", pad_value=7)
-    assert (place.width, place.height) == (32, 64) and place.x == 16
-    assert out[0, 0, 0] == 7 and out[32, 32, 0] == 200
-    heat = np.zeros((64, 64), np.float32)
-    heat[:, 16:48] = 1.0
-    back = map_to_source(heat, place)
-    assert back.shape == (200, 100) and np.allclose(back, 1.0)
+    assert (place.x, place.y, place.width, place.height) == (16, 0, 32, 64)
+    assert (place.source_width, place.source_height) == (100, 200)
+    inside = np.zeros((64, 64), bool)
+    inside[place.y : place.y + place.height, place.x : place.x + place.width] = True
+    assert (out[inside] == 200).all() and (out[~inside] == 7).all()
 
 
 def test_rejects_non_uint8():

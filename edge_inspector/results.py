@@ -1,9 +1,15 @@
-"""What the line produces for every judged part. Pure data: the decision module fills it, sinks consume it."""
+"""What the line produces for every judged part, and what consumes it.
+
+Pure data shared by every run-time package: ``pipeline`` makes an ``InspectionResult`` per part and hands it to
+each ``Sink``; the MQTT publisher, the archive (``publish``) and the console, collector and latest-result holder
+(``pipeline.sinks``) are sinks. Nothing here imports another edge_inspector package.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 import numpy as np
 
@@ -61,3 +67,15 @@ class InspectionResult:
     """Heat map + outlines + verdict drawn on the frame (BGR)."""
     ground_truth: bool | None = None
     """Known label when the source has one (demo line, labelled folders): True = defective."""
+
+
+class Sink(Protocol):
+    """Consumes results in order, on the loop's publish thread; ``close`` once after the last result.
+
+    A sink should return quickly: the loop waits for it before the next sink and the next part. An exception from
+    ``handle`` is logged and counted by the loop; the other sinks still get the result.
+    """
+
+    def handle(self, result: InspectionResult) -> None: ...
+
+    def close(self) -> None: ...
