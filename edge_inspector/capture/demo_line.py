@@ -131,7 +131,6 @@ class DemoLine:
         self.texture, self.size, self.seed = texture, size, seed
         self.interval_s = interval_s
         self.name = f"demo:{texture}"
-        self.masks: dict[int, np.ndarray] = {}
         self._maker: PartMaker | None = None
         self._index = 0
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 RUNTIME_PACKAGES = ["bundle", "engines", "capture", "pipeline", "publish", "ops"]
-RUNTIME_MODULES = ["config", "errors", "log", "preprocess", "cli"]
+RUNTIME_MODULES = ["config", "errors", "log", "preprocess", "results", "cli"]
 
 _PROBE = """
 import importlib, json, pkgutil, sys
