@@ -39,11 +39,9 @@ from edge_inspector.cli.export import holdout_split  # noqa: E402
 from edge_inspector.export.onnx_export import export_onnx  # noqa: E402
 from edge_inspector.bundle.graph_size import initializer_bytes  # noqa: E402
 from edge_inspector.ops.records import machine, script_command, write_record  # noqa: E402
-from edge_inspector.export.qdq import (  # noqa: E402
-    dedupe_initializers,
-    narrow_index_initializers,
-    ort_session,
-)
+from edge_inspector.config import EngineSettings  # noqa: E402
+from edge_inspector.engines.ort import load_session  # noqa: E402
+from edge_inspector.export.qdq import dedupe_initializers, narrow_index_initializers  # noqa: E402
 from edge_inspector.quantization.calibrate import (  # noqa: E402
     CalibrateOptions,
     interleaved_latency,
@@ -101,7 +99,7 @@ def ort_static(fp32: onnx.ModelProto, calibration: np.ndarray, work: Path) -> on
 
 
 def evaluate(graph: onnx.ModelProto, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, threads: int) -> dict:
-    session = ort_session(graph, threads=threads)
+    session = load_session(graph, EngineSettings(intra_op_threads=threads)).session
     name = session.get_inputs()[0].name
     maps, scores = [], []
     for image in images:

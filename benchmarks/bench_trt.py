@@ -10,7 +10,7 @@ against ONNX Runtime and time both engines (p50/p99, one image per call, host co
                                                         # weights) on magnetic_tile good images (needs torch)
     .venv/bin/python benchmarks/bench_trt.py --qdq      # the same, quantized uniformly W8A8 (HQS export, opset 21);
                                                         # needs OrtEngine to load QDQ graphs with the session config
-                                                        # their metadata names (edge_inspector.ort_session_config)
+                                                        # their metadata names (engines.ort.load_session)
 
 Writes benchmarks/results/trt_<model_id>_<stamp>.json (command, date, machine, preparation report, fp16 parity,
 and, on a GPU, build timings, plan parity and latencies).

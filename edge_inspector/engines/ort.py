@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -46,6 +47,68 @@ def _graph_opset(model: onnx.ModelProto, path: os.PathLike) -> int:
     raise BundleError(f"{path} declares no default-domain opset")
 
 
+def session_options(settings: EngineSettings) -> ort.SessionOptions:
+    """ONNX Runtime session options for ``settings``: threads, optimisation level, and what idle pool threads do."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.graph_optimization_level = _OPTIMIZATION[settings.graph_optimization]
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # ORT's own warnings would bypass our structured logs
+    # Idle pool threads sleep unless asked to spin: on an edge box they share the cores with capture and decision.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spin_wait else "0")
+    if settings.spin_wait:
+        # Spin between operators, but not after a run: an idle session's spinning threads took the cores from the
+        # next session's run (three interleaved 2-thread sessions: FP32 8.9 -> 29.7 ms) and from torch in the same
+        # process, as they would from capture and decision between frames.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
+
+
+class LoadedSession(NamedTuple):
+    session: ort.InferenceSession
+    load_rewrites: dict[str, int]
+    """What ``ort_rewrites.prepare_for_onnxruntime`` rewrote, by kind."""
+
+
+def load_session(
+    graph: onnx.ModelProto,
+    settings: EngineSettings | None = None,
+    providers: list[str] | None = None,
+    path: os.PathLike | str | None = None,
+) -> LoadedSession:
+    """An ONNX Runtime session for ``graph`` as the line runs it: the one place sessions are made (the line's engine,
+    export parity, calibrate and the benchmarks open theirs here, so what they measure is what the line runs).
+
+    A copy of ``graph`` gets the load rewrites (``ort_rewrites.prepare_for_onnxruntime``: INT4 weights widened to INT8
+    containers, integer MatMuls as ``MatMulInteger``, weight-only blocks folded); the optimizers its metadata names
+    are left out.
+
+    Args:
+        graph: the ONNX graph; left as it is (the caller's copy stays small).
+        settings: threads, optimisation level, spin-wait; default ``EngineSettings()``, the line's defaults.
+        providers: ONNX Runtime execution providers, best first; default CPU only.
+        path: the file ``graph`` was read from, loaded directly when no rewrite applies; named in errors.
+
+    Raises:
+        BundleError: ONNX Runtime refuses the graph.
+    """
+    settings = settings or EngineSettings()
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(graph)
+    # 4-bit weights are stored as INT4 (small file) and run as INT8 integer kernels (fast): same codes;
+    # weight-only INT8 blocks are dequantized once here instead of on every image
+    rewrites = prepare_for_onnxruntime(rewritten)
+    source = str(path) if path is not None and not any(rewrites.values()) else rewritten.SerializeToString()
+    try:
+        session = ort.InferenceSession(source, session_options(settings),
+                                       providers=providers or ["CPUExecutionProvider"],
+                                       disabled_optimizers=ort_disabled_optimizers(graph))
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        raise BundleError(f"ONNX Runtime cannot load {path or 'the graph'}: {exc}") from exc
+    return LoadedSession(session, rewrites)
+
+
 class OrtEngine:
     """Runs a bundle's graph with ONNX Runtime.
 
@@ -71,24 +134,9 @@ class OrtEngine:
                 f"{bundle.onnx_path} uses opset {opset} but the manifest says {manifest.graph.opset}: "
                 "re-export the bundle"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.settings.intra_op_threads
-        options.inter_op_num_threads = self.settings.inter_op_threads
-        options.graph_optimization_level = _OPTIMIZATION[self.settings.graph_optimization]
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3  # ORT's own warnings would bypass our structured logs
-        # Idle pool threads sleep unless asked to spin: on an edge box they share the cores with capture and decision.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.settings.spin_wait else "0")
         self.providers = providers or ["CPUExecutionProvider"]
-        # 4-bit weights are stored as INT4 (small file) and run as INT8 integer kernels (fast): same codes;
-        # weight-only INT8 blocks are dequantized once here instead of on every image
-        self.load_rewrites = prepare_for_onnxruntime(graph)
-        source = graph.SerializeToString() if any(self.load_rewrites.values()) else str(bundle.onnx_path)
-        try:
-            self.session = ort.InferenceSession(source, options, providers=self.providers,
-                                                disabled_optimizers=ort_disabled_optimizers(graph))
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-            raise BundleError(f"ONNX Runtime cannot load {bundle.onnx_path}: {exc}") from exc
+        loaded = load_session(graph, self.settings, self.providers, path=bundle.onnx_path)
+        self.session, self.load_rewrites = loaded.session, loaded.load_rewrites
         self._check_contract()
         self._input_name = manifest.input.name
         self._outputs = [manifest.outputs.anomaly_map, manifest.outputs.score]

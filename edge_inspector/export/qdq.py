@@ -226,30 +226,6 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
     model.metadata_props.add(key=key, value=value)
 
 
-def ort_session(model: onnx.ModelProto, threads: int = 1, optimize: bool = True):
-    """An ONNX Runtime CPU session for a graph as the line loads it (``engines.ort_rewrites.prepare_for_onnxruntime``:
-    INT4 weights widened to INT8 containers, integer MatMuls as ``MatMulInteger``, weight-only blocks folded), the
-    optimizers its metadata says to leave out left out."""
-    import onnxruntime as ort
-
-    from edge_inspector.engines.ort_rewrites import ort_disabled_optimizers, prepare_for_onnxruntime
-
-    model = onnx.ModelProto.FromString(model.SerializeToString())  # rewrite a copy: the caller's graph stays small
-    prepare_for_onnxruntime(model)
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    # Pool threads spin between operators (ORT's default) but not after a run: an idle session's spinning threads
-    # took the cores from the next session's run (three interleaved 2-thread sessions: FP32 8.9 -> 29.7 ms) and
-    # from torch in the same process.
-    opts.add_session_config_entry("session.force_spinning_stop", "1")
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=ort_disabled_optimizers(model))
-
-
 def _conv_qdq(
     node: onnx.NodeProto,
     tag: str,

@@ -20,14 +20,15 @@ import torch
 from torch import nn
 
 from edge_inspector.bundle.graph_size import initializer_bytes
+from edge_inspector.config import EngineSettings
 from edge_inspector.data.synthetic import ProbeSet
+from edge_inspector.engines.ort import load_session
 from edge_inspector.export.qdq import (
     blocked_int8_weight,
     conv_quant_from_module,
     dedupe_initializers,
     insert_qdq,
     narrow_index_initializers,
-    ort_session,
     quantize_matmul_input,
 )
 from edge_inspector.log import kv
@@ -147,7 +148,8 @@ def interleaved_latency(graphs: dict[str, onnx.ModelProto], image: np.ndarray, c
     pool threads are woken at the start of every run, which costs the shorter integer graph relatively more).
     """
     names = list(graphs)
-    sessions = {n: ort_session(g, threads=threads) for n, g in graphs.items()}
+    settings = EngineSettings(intra_op_threads=threads)
+    sessions = {n: load_session(g, settings).session for n, g in graphs.items()}
     feeds = {n: {s.get_inputs()[0].name: image[None]} for n, s in sessions.items()}
     for name in names:  # warm-up: first runs allocate and pack
         for _ in range(2):
@@ -186,7 +188,7 @@ def qdq_graph(scorer: nn.Module, fp32: onnx.ModelProto, small: bool) -> onnx.Mod
 @torch.no_grad()
 def parity(scorer: nn.Module, graph: onnx.ModelProto, images: np.ndarray, threads: int = 1) -> dict[str, float]:
     """Largest ORT-vs-torch map difference (relative to the largest map value) and score difference (relative)."""
-    session = ort_session(graph, threads=threads)
+    session = load_session(graph, EngineSettings(intra_op_threads=threads)).session
     name = session.get_inputs()[0].name
     map_diff = score_diff = 0.0
     for image in images:

@@ -10,6 +10,8 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
+from edge_inspector.config import EngineSettings
+from edge_inspector.engines.ort import load_session
 from edge_inspector.errors import ConfigError
 from edge_inspector.bundle.graph_size import initializer_bytes
 from edge_inspector.export.qdq import (
@@ -19,7 +21,6 @@ from edge_inspector.export.qdq import (
     dedupe_initializers,
     insert_qdq,
     narrow_index_initializers,
-    ort_session,
 )
 from edge_inspector.quantization.units import (
     apply_plan,
@@ -71,6 +72,12 @@ def quantized(tmp_path_factory):
 def _qdq(net, fp32, small=False, activations="uint8"):
     convs = {n: conv_quant_from_module(m) for n, m in quant_modules(net).items()}
     return insert_qdq(fp32, convs, small=small, activations=activations)
+
+
+def ort_session(model: onnx.ModelProto, optimize: bool = True):
+    """The session the line's engine, calibrate and the benchmarks make (``engines.ort.load_session``), one thread."""
+    settings = EngineSettings(intra_op_threads=1, graph_optimization="all" if optimize else "disable")
+    return load_session(model, settings).session
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray, optimize: bool = True) -> np.ndarray:
@@ -128,7 +135,7 @@ def test_int4_storage_is_widened_on_load_and_runs_the_integer_kernels(quantized,
     for t in widened.graph.initializer:
         if t.name.endswith("_quantized"):
             np.testing.assert_array_equal(numpy_helper.to_array(t), big_inits[t.name])  # same codes, same dtype
-    # the session ort_session builds (what calibrate and the benchmarks time) fuses them into QLinearConv
+    # the session load_session builds (what the line runs, calibrate and the benchmarks time) fuses them into QLinearConv
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(widened.SerializeToString(), options, providers=["CPUExecutionProvider"])

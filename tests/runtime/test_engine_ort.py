@@ -143,3 +143,36 @@ def test_graph_metadata_names_the_optimizers_to_leave_out():
     assert ort_disabled_optimizers(model) == []
     model.metadata_props.add(key=METADATA_DISABLED_OPTIMIZERS, value="QDQPropagationTransformer")
     assert ort_disabled_optimizers(model) == ["QDQPropagationTransformer"]
+
+
+def _config(options, key: str) -> str | None:
+    try:
+        return options.get_session_config_entry(key)
+    except RuntimeError:  # ORT's answer for a key that was never set
+        return None
+
+
+def test_pool_threads_sleep_by_default_and_stop_spinning_after_runs_that_spun():
+    from edge_inspector.engines.ort import session_options
+
+    quiet = session_options(EngineSettings())
+    assert _config(quiet, "session.intra_op.allow_spinning") == "0"
+    assert _config(quiet, "session.force_spinning_stop") is None
+    spinning = session_options(EngineSettings(spin_wait=True, intra_op_threads=2, graph_optimization="basic"))
+    assert _config(spinning, "session.intra_op.allow_spinning") == "1"
+    assert _config(spinning, "session.force_spinning_stop") == "1"
+    assert spinning.intra_op_num_threads == 2
+
+
+def test_one_session_factory_rewrites_a_copy_and_refuses_a_bad_graph():
+    from edge_inspector.engines.ort import load_session
+
+    model = tiny_graph(16, 16)
+    before = model.SerializeToString()
+    loaded = load_session(model, EngineSettings(intra_op_threads=1))
+    assert model.SerializeToString() == before  # the caller's graph is left as it was
+    assert loaded.load_rewrites == {"int4_widened": 0, "integer_matmuls": 0, "blocked_dq_folded": 0}
+    assert [i.name for i in loaded.session.get_inputs()] == [model.graph.input[0].name]
+    model.graph.node[0].op_type = "NoSuchOp"
+    with pytest.raises(BundleError, match="ONNX Runtime cannot load the graph"):
+        load_session(model)
