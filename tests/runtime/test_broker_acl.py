@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from edge_inspector.config import MqttSettings, TlsSettings
-from edge_inspector.pipeline.results import Verdict
+from edge_inspector.results import Verdict
 from edge_inspector.publish.broker import Topics
 from edge_inspector.publish.mqtt import ResultPublisher
 from tests.fixtures.inspection_results import make_result

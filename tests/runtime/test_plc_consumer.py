@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from edge_inspector.pipeline.results import Verdict
+from edge_inspector.results import Verdict
 from edge_inspector.publish.broker import Topics
 from edge_inspector.publish.schema import build_message
 from tests.fixtures.inspection_results import make_result
