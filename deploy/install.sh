@@ -16,6 +16,10 @@ ldconfig -p | grep -q 'libglib-2.0.so.0 ' || apt_packages+=(libglib2.0-0)
 if [ "$profile" = dev ] && ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
   apt_packages+=(mosquitto)
 fi
+# The deploy-stack test checks the Prometheus config and every Grafana query with promtool (Debian's prometheus).
+if [ "$profile" = dev ] && ! command -v promtool >/dev/null; then
+  apt_packages+=(prometheus)
+fi
 # The TLS tests make throw-away certificates with openssl (mosquitto_passwd comes with mosquitto).
 if [ "$profile" = dev ] && ! command -v openssl >/dev/null; then
   apt_packages+=(openssl)
