@@ -41,7 +41,8 @@ class ResultMessage(_Message):
     station: str = Field(min_length=1, description="Station name from the configuration.")
     sequence: int = Field(ge=1, description="Per-station sequence number; persisted across restarts; "
                                             "consumers deduplicate on it.")
-    part_id: str = Field(description="Trigger id from the PLC, or '<station>-<sequence>' in free-run mode.")
+    part_id: str = Field(description="Trigger id from the PLC, else '<station>-<run_id>-<frame_index>' "
+                                     "(run_id: the run's start in Unix seconds, frame_index: the source's frame counter).")
     captured_at: str = Field(description="Frame capture time, ISO 8601 UTC with microseconds.")
     captured_at_unix: float = Field(description="Frame capture time, Unix seconds.")
     decided_at: str = Field(description="Decision time, ISO 8601 UTC with microseconds.")
