@@ -6,7 +6,7 @@ Bar: on magnetic_tile at 256x256, image AUROC >= 0.92 and pixel AUROC >= 0.80.
     .venv/bin/python benchmarks/bench_accuracy.py                          # full run (long on 2 cores)
     .venv/bin/python benchmarks/bench_accuracy.py --max-train 60 train.epochs=2   # quick pipeline check
 
-Each variant writes benchmarks/results/accuracy_<dataset>_<preset>_<attention>_<stamp>.json (command, date, machine,
+Each variant writes benchmarks/results/accuracy_<dataset>_<preset>_<attention>[_subset]_<stamp>.json (command, date, machine,
 dataset, model, image_auroc, pixel_auroc, aupro, per defect type, training time, latency) and the table in
 benchmarks/README.md is rebuilt from every result file.
 """
@@ -14,15 +14,13 @@ benchmarks/README.md is rebuilt from every result file.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 
-from edge_inspector.ops.records import machine
+from edge_inspector.engines.records import new_record, script_command, write_record
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -32,7 +30,29 @@ BARS = {"image_auroc": 0.92, "pixel_auroc": 0.80}
 HEADS = ("reconstruction", "location", "fused")
 
 
-def run_variant(args: argparse.Namespace, attention: str, stamp: str) -> dict:
+def every_head(args: argparse.Namespace, tag: str, bundle: Path) -> tuple[dict, list[str]]:
+    """The same trained model scored with every head, side by side (export changes only score.*): overall image
+    AUROC, pixel AUROC and AUPRO per head, and the commands that produced them."""
+    from edge_inspector.cli import main as cli
+
+    data = Path(args.data)
+    checkpoint = bundle.with_name(bundle.name + ".work") / "checkpoints" / "last.pt"
+    heads, commands = {}, []
+    for head in HEADS:
+        head_bundle, head_eval = Path(args.work) / f"{tag}.{head}.bundle", Path(args.work) / f"{tag}.{head}.eval"
+        export_argv = ["export", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(head_bundle),
+                       "--no-progress", f"score.head={head}"]
+        eval_argv = ["eval", "--model", str(head_bundle), "--data", str(data), "--out", str(head_eval),
+                     "--threads", str(args.threads), "--overlays", "0", "--no-progress"]
+        if cli(export_argv) != 0 or cli(eval_argv) != 0:
+            raise SystemExit(f"scoring head {head} failed")
+        m = json.loads((head_eval / "result.json").read_text())["metrics"]["overall"]
+        heads[head] = {k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro")}
+        commands += [f"edge-inspector {shlex.join(export_argv)}", f"edge-inspector {shlex.join(eval_argv)}"]
+    return heads, commands
+
+
+def run_variant(args: argparse.Namespace, attention: str) -> dict:
     import yaml
 
     from edge_inspector.cli import main as cli
@@ -63,28 +83,11 @@ def run_variant(args: argparse.Namespace, attention: str, stamp: str) -> dict:
     result = json.loads((eval_dir / "result.json").read_text())
     manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
     overall = result["metrics"]["overall"]
-    heads, head_commands = {}, []
-    if not args.no_heads:
-        # The same trained model scored with every head, side by side (export changes only score.*).
-        checkpoint = bundle.with_name(bundle.name + ".work") / "checkpoints" / "last.pt"
-        for head in HEADS:
-            head_bundle, head_eval = Path(args.work) / f"{tag}.{head}.bundle", Path(args.work) / f"{tag}.{head}.eval"
-            export_argv = ["export", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(head_bundle),
-                           "--no-progress", f"score.head={head}"]
-            head_eval_argv = ["eval", "--model", str(head_bundle), "--data", str(data), "--out", str(head_eval),
-                              "--threads", str(args.threads), "--overlays", "0", "--no-progress"]
-            if cli(export_argv) != 0 or cli(head_eval_argv) != 0:
-                raise SystemExit(f"scoring head {head} failed")
-            m = json.loads((head_eval / "result.json").read_text())["metrics"]["overall"]
-            heads[head] = {k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro")}
-            head_commands += [f"edge-inspector {shlex.join(export_argv)}", f"edge-inspector {shlex.join(head_eval_argv)}"]
-    record = {
+    heads, head_commands = ({}, []) if args.no_heads else every_head(args, tag, bundle)
+    record = new_record(script_command(), "torch", "onnxruntime", **{
         "benchmark": "accuracy",
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "commands": [f"edge-inspector {shlex.join(train_argv)}", f"edge-inspector {shlex.join(eval_argv)}",
                      *head_commands],
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine("torch", "onnxruntime"), "load_average_at_start": load_at_start},
         "dataset": data.name,
         "dataset_path": str(data),
         "model": f"{Path(args.config).stem} ({attention})",
@@ -112,11 +115,9 @@ def run_variant(args: argparse.Namespace, attention: str, stamp: str) -> dict:
         "inference_threads": args.threads or "all",
         "bars": {k: {"min": v, "value": overall[k], "met": overall[k] >= v} for k, v in BARS.items()},
         "model_id": manifest["model_id"],
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"accuracy_{tag}_{stamp}{'_subset' if args.max_train else ''}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {path}")
+    })
+    record["machine"]["load_average_at_start"] = load_at_start
+    write_record(RESULTS, f"accuracy_{tag}{'_subset' if args.max_train else ''}", record)
     return record
 
 
@@ -174,9 +175,8 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="preset overrides, e.g. train.epochs=2")
     args = parser.parse_args()
     if not args.readme_only:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M")
         for attention in args.attention:
-            record = run_variant(args, attention, stamp)
+            record = run_variant(args, attention)
             print(f"{record['model']}: image AUROC {record['image_auroc']:.3f}, "
                   f"pixel AUROC {record['pixel_auroc']:.3f}, AUPRO {record['aupro']:.3f}")
     update_readme()

@@ -14,7 +14,6 @@ Writes ``benchmarks/results/int8_kernels_<time>.json`` with per-case kernel medi
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import tempfile
@@ -24,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_inspector.ops.records import machine, script_command, write_record
+from edge_inspector.engines.records import new_record, script_command, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,13 +114,10 @@ def main() -> int:
                        "int8_over_fp32": round(int8 / fp32, 3)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    doc = {
+    doc = new_record(script_command(), "onnxruntime", **{
         "benchmark": "int8_kernels",
-        "command": script_command(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine("onnxruntime"),
         "results": rows,
-    }
+    })
     write_record(args.out, "int8_kernels", doc)
     return 0
 

@@ -21,7 +21,6 @@ Writes ``benchmarks/results/location_<dataset>_<time>.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from edge_inspector.model.blur import blur, gaussian_kernel  # noqa: E402
 from edge_inspector.model.haloae import build_model  # noqa: E402
 from edge_inspector.model.location import LocationGaussian  # noqa: E402
 from edge_inspector.model.presets import load_preset  # noqa: E402
-from edge_inspector.ops.records import machine, script_command, write_record  # noqa: E402
+from edge_inspector.engines.records import new_record, script_command, write_record  # noqa: E402
 from edge_inspector.training.metrics import image_auroc, pixel_auroc  # noqa: E402
 from edge_inspector.training.scoring import aggregate  # noqa: E402
 
@@ -123,16 +122,13 @@ def main() -> int:
     nearest = torch.cdist((flat_test - mean) / std, (flat_fit - mean) / std).min(1).values.numpy()
     rows["image nearest neighbour"] = {"image_auroc": image_auroc(nearest, labels)}
     print(f"{'image nearest neighbour':28s} image {rows['image nearest neighbour']['image_auroc']:.3f}")
-    doc = {
+    doc = new_record(script_command(), "torch", **{
         "benchmark": "location",
-        "command": script_command(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine("torch"),
         "dataset": category.name,
         "features": {"layers": loc.layers, "grid": list(fit.shape[-2:]), "channels": int(fit.shape[1]),
                      "dims": loc.dims, "n_fit": len(fit), "n_test": len(test)},
         "results": rows,
-    }
+    })
     write_record(args.out, f"location_{category.name}", doc)
     return 0
 

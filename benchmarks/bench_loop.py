@@ -23,17 +23,14 @@ inference_p50_ms, overhead, per-stage latency).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from edge_inspector.ops.records import machine
+from edge_inspector.engines.latency import LatencyStats
+from edge_inspector.engines.records import new_record, script_command, write_record
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -44,9 +41,7 @@ WINDOW = 25
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    array = np.asarray(values, np.float64)
-    return {"n": int(array.size), "p50": round(float(np.percentile(array, 50)), 4),
-            "p99": round(float(np.percentile(array, 99)), 4), "mean": round(float(array.mean()), 4)}
+    return {key: round(value, 4) for key, value in LatencyStats.of(values).to_dict().items()}
 
 
 def make_source(kind: str, args: argparse.Namespace, capture):
@@ -156,7 +151,7 @@ def whole_loop(engine, manifest, kind: str, args: argparse.Namespace, capture, d
     }
 
 
-def run(kind: str, args: argparse.Namespace, stamp: str) -> dict:
+def run(kind: str, args: argparse.Namespace) -> dict:
     from edge_inspector.bundle.store import load_bundle
     from edge_inspector.config import CaptureSettings, DecisionSettings, EngineSettings
     from edge_inspector.engines.select import open_engine
@@ -182,11 +177,8 @@ def run(kind: str, args: argparse.Namespace, stamp: str) -> dict:
             "fps": round(float(np.mean([loop["fps"] for _, loop in rounds])), 2)}
     loop_p50 = loop["period_ms"]["p50"]
     overhead = loop_p50 / alone["p50"] - 1
-    record = {
+    record = new_record(script_command(), "onnxruntime", **{
         "benchmark": "loop",
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine("onnxruntime"),
         "source": kind if kind == "demo" else f"{args.data}/test",
         "frames": args.frames,
         "model_id": bundle.manifest.model_id,
@@ -209,11 +201,9 @@ def run(kind: str, args: argparse.Namespace, stamp: str) -> dict:
         "target": {"max_overhead_p50": TARGET_OVERHEAD, "met": overhead < TARGET_OVERHEAD},
         "inference_alone": alone,
         "loop": loop,
-    }
+    })
     engine.close()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"loop_{bundle.manifest.model_id}_{kind}_{stamp}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = write_record(RESULTS, f"loop_{bundle.manifest.model_id}_{kind}", record)
     print(f"{kind}: fps {record['fps']}, loop p50 {loop_p50:.2f} ms vs inference p50 {alone['p50']:.2f} ms "
           f"(overhead {overhead:+.1%}, target < {TARGET_OVERHEAD:.0%}); CPU per frame {loop_cpu:.2f} ms vs "
           f"{alone['cpu_ms_per_frame']:.2f} ms ({record['cpu_overhead']:+.1%}) -> {path}")
@@ -239,9 +229,8 @@ def main() -> int:
     args = parser.parse_args()
     if "magnetic_tile" in args.sources and not (Path(args.data) / "test").is_dir():
         parser.error(f"{args.data}/test not found (set --data or --sources demo)")
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     for kind in args.sources:
-        run(kind, args, stamp)
+        run(kind, args)
     return 0
 
 

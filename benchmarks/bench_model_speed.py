@@ -8,20 +8,14 @@ machine is), and the load average is recorded because a shared machine inflates 
     .venv/bin/python benchmarks/bench_model_speed.py                       # haloae-lite at its own size
     .venv/bin/python benchmarks/bench_model_speed.py --preset haloae-lite model.attention=block_mean
 
-Writes benchmarks/results/model_speed_<preset>_<stamp>.json.
+Writes benchmarks/results/model_speed_<preset>_<stamp>.json (timings in ms: n, mean, p50, p99, min, max; older
+files give median_ms, min_ms, max_ms, runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import shlex
-import statistics
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,27 +25,18 @@ from torch.utils.flop_counter import FlopCounterMode
 from edge_inspector.data.augment import cutpaste_batch
 from edge_inspector.model.haloae import build_model
 from edge_inspector.model.presets import load_preset
-from edge_inspector.ops.records import cpu_name
+from edge_inspector.engines.latency import interleaved_latency
+from edge_inspector.engines.records import new_record, script_command, write_record
 from edge_inspector.training.losses import haloae_loss, loss_weights
 from edge_inspector.training.trainer import trainable_parameters
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def timed(fn, warmup: int, runs: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
-def summary(seconds: list[float]) -> dict[str, float]:
-    ms = sorted(s * 1000 for s in seconds)
-    return {"median_ms": round(statistics.median(ms), 1), "min_ms": round(ms[0], 1), "max_ms": round(ms[-1], 1), "runs": len(ms)}
+def timed(fn, warmup: int, runs: int) -> dict[str, float]:
+    """``fn``'s wall time in ms (n, mean, p50, p99, min, max) over ``runs`` runs after ``warmup``."""
+    stats = interleaved_latency({"run": fn}, runs, warmup).stats("run")
+    return {key: round(value, 1) for key, value in stats.to_dict().items()}
 
 
 def main() -> int:
@@ -98,15 +83,10 @@ def main() -> int:
         step = timed(train_step, 1, args.runs)
         model.eval()
         inference = timed(infer, 2, args.runs * 2)
-        timings[f"threads_{threads}"] = {"train_step": summary(step), "inference": summary(inference)}
+        timings[f"threads_{threads}"] = {"train_step": step, "inference": inference}
 
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    doc = {
+    doc = new_record(script_command(), "torch", **{
         "benchmark": "model_speed",
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "date": stamp,
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_average_1m_5m_15m": list(os.getloadavg()),
-                    "torch": torch.__version__, "python": platform.python_version()},
         "model": args.preset,
         "overrides": args.overrides,
         "input": [spec.height, spec.width],
@@ -115,12 +95,9 @@ def main() -> int:
         "inference_gflop": round(infer_flops.get_total_flops() / 1e9, 3),
         "trainable_parameters": sum(p.numel() for p in trainable_parameters(model)),
         **timings,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"model_speed_{args.preset}_{stamp}.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    })
     print(json.dumps(doc, indent=2))
-    print(f"wrote {path}")
+    write_record(RESULTS, f"model_speed_{args.preset}", doc)
     return 0
 
 

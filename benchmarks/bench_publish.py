@@ -18,22 +18,20 @@ Writes benchmarks/results/publish_<stamp>.json (command, date, machine, figures)
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the test fixtures (broker, subscriber, results) live in the repository
 
 from edge_inspector.config import MqttSettings  # noqa: E402
-from edge_inspector.ops.records import machine  # noqa: E402
+from edge_inspector.engines.latency import LatencyStats  # noqa: E402
+from edge_inspector.engines.records import new_record, script_command, write_record  # noqa: E402
 from edge_inspector.publish.broker import Topics  # noqa: E402
 from edge_inspector.publish.mqtt import ResultPublisher  # noqa: E402
 from edge_inspector.results import Verdict  # noqa: E402
@@ -44,7 +42,8 @@ STATION = "bench"
 
 
 def percentiles(values_ms: list[float]) -> tuple[float, float]:
-    return round(float(np.percentile(values_ms, 50)), 4), round(float(np.percentile(values_ms, 99)), 4)
+    stats = LatencyStats.of(values_ms)
+    return round(stats.p50, 4), round(stats.p99, 4)
 
 
 def results(count: int, mask: bool):
@@ -57,6 +56,28 @@ def wait_until(predicate, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("the subscriber did not receive every result")
         time.sleep(0.002)
+
+
+def steady_rate(publisher: ResultPublisher, args: argparse.Namespace, received_at: dict[int, float]) -> dict:
+    """Publish ``args.count`` results at ``args.rate`` per second: what ``publish()`` costs the loop and how long a
+    result takes to reach the subscriber (p50/p99, ms)."""
+    call_ms, sent_at = [], {}
+    period = 1.0 / args.rate
+    next_at = time.perf_counter()
+    for result in tqdm(results(args.count, args.mask), desc="steady rate", unit="msg"):
+        while time.perf_counter() < next_at:
+            time.sleep(0.0005)
+        start = time.perf_counter()
+        sequence = publisher.publish(result)
+        call_ms.append((time.perf_counter() - start) * 1e3)
+        sent_at[sequence] = start
+        next_at += period
+    wait_until(lambda: all(s in received_at for s in sent_at), 120)
+    figures = {}
+    figures["publish_p50_ms"], figures["publish_p99_ms"] = percentiles(call_ms)
+    figures["delivery_p50_ms"], figures["delivery_p99_ms"] = percentiles(
+        [(received_at[s] - t) * 1e3 for s, t in sent_at.items()])
+    return figures
 
 
 def main() -> int:
@@ -92,22 +113,7 @@ def main() -> int:
     figures: dict[str, object] = {}
 
     # 1. Steady rate: publish() cost and delivery latency.
-    batch = results(args.count, args.mask)
-    call_ms, sent_at = [], {}
-    period = 1.0 / args.rate
-    next_at = time.perf_counter()
-    for result in tqdm(batch, desc="steady rate", unit="msg"):
-        while time.perf_counter() < next_at:
-            time.sleep(0.0005)
-        start = time.perf_counter()
-        sequence = publisher.publish(result)
-        call_ms.append((time.perf_counter() - start) * 1e3)
-        sent_at[sequence] = start
-        next_at += period
-    wait_until(lambda: all(s in received_at for s in sent_at), 120)
-    figures["publish_p50_ms"], figures["publish_p99_ms"] = percentiles(call_ms)
-    figures["delivery_p50_ms"], figures["delivery_p99_ms"] = percentiles(
-        [(received_at[s] - t) * 1e3 for s, t in sent_at.items()])
+    figures.update(steady_rate(publisher, args, received_at))
 
     # 2. Back to back: sustained throughput end to end.
     batch = results(args.count, args.mask)
@@ -132,21 +138,15 @@ def main() -> int:
     subscriber.close()
     broker.stop()
 
-    record = {
+    record = new_record(script_command(), "paho-mqtt", **{
         "benchmark": "publish",
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine("paho-mqtt"),
         "broker": "mosquitto (local, started by the benchmark)",
         "count": args.count, "rate_per_s": args.rate, "mask": args.mask,
         "spool": f"SQLite WAL, synchronous={args.sync.upper()}, tmp folder",
         **figures,
-    }
-    out = HERE / "results" / f"publish_{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    })
     print(json.dumps(figures, indent=2))
-    print(f"wrote {out}")
+    write_record(HERE / "results", "publish", record)
     return 0
 
 

@@ -3,7 +3,7 @@
 On any machine: prepare the bundle graph for a strongly typed build (FP16 float parts, Q/DQ kept, pins FP32) and
 run it in ONNX Runtime (CPU) against the original on the bundle's calibration images: the FP16 part of the error a
 TensorRT plan will show. Where tensorrt, pycuda and an NVIDIA GPU exist, also build the plan, check its parity
-against ONNX Runtime and time both engines (p50/p99, one image per call, host copies included).
+against ONNX Runtime and time both engines interleaved (p50/p99, one image per call, host copies included).
 
     .venv/bin/python benchmarks/bench_trt.py --model path/to/bundle
     .venv/bin/python benchmarks/bench_trt.py            # no bundle: exports an *untrained* haloae-lite (real Lite0
@@ -19,14 +19,11 @@ and, on a GPU, build timings, plan parity and latencies).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from edge_inspector.engines.records import new_record, script_command, write_record
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -91,8 +88,6 @@ def main() -> int:
     parser.add_argument("--latency-runs", type=int, default=200)
     args = parser.parse_args()
 
-    import onnxruntime
-
     from edge_inspector.bundle.store import load_bundle
     from edge_inspector.engines.fp16_check import verify_prepared
     from edge_inspector.engines.trt_prep import prepare_bundle_graph
@@ -103,17 +98,9 @@ def main() -> int:
         Path(tempfile.mkdtemp(dir=WORK, prefix="trt-bundle-")), args.images, args.qdq
     )
     device = probe_device()
-    result: dict = {
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "gpu": device.gpu_name or "none",
-            "compute_capability": device.compute_capability or "", "tensorrt": device.tensorrt_version or "none",
-        },
-        "model_id": bundle.manifest.model_id,
-        "bundle": str(bundle.path),
-    }
+    result = new_record(script_command(), "onnxruntime", model_id=bundle.manifest.model_id, bundle=str(bundle.path))
+    result["machine"].update(gpu=device.gpu_name or "none", compute_capability=device.compute_capability or "",
+                             tensorrt=device.tensorrt_version or "none")
     with tempfile.TemporaryDirectory(dir=WORK) as scratch:
         prepared = Path(scratch) / "model.fp16.onnx"
         start = time.perf_counter()
@@ -128,31 +115,16 @@ def main() -> int:
         result["tensorrt"] = {"skipped": reason}
         print(f"TensorRT part skipped: {reason}")
     else:
-        from edge_inspector.engines.ort import OrtEngine
-        from edge_inspector.engines.parity import compare_engines, measure_latency
+        from edge_inspector.engines.plan_check import check_plan
         from edge_inspector.engines.trt_build import BuildOptions, build_engine
-        from edge_inspector.engines.trt_run import TrtEngine
 
         built = build_engine(bundle, BuildOptions(out=WORK / f"{bundle.manifest.model_id}.plan"))
-        trt_engine, ort_engine = TrtEngine(bundle, built.plan_path), OrtEngine(bundle)
-        images = bundle.calibration_images()
-        parity = compare_engines(trt_engine, ort_engine, images, bundle.manifest.thresholds.image, bundle.manifest.parity)
-        print(parity.summary())
-        result["tensorrt"] = {
-            "plan": str(built.plan_path),
-            "build_timings_s": built.sidecar.build_timings_s,
-            "parity": parity.to_dict(),
-            "latency": measure_latency(trt_engine, images[0], runs=args.latency_runs).to_dict(),
-            "onnxruntime_latency": measure_latency(ort_engine, images[0], runs=min(args.latency_runs, 30)).to_dict(),
-        }
-        trt_engine.close()
-        ort_engine.close()
+        check = check_plan(bundle, built.plan_path, args.latency_runs)
+        print(check.summary())
+        result["tensorrt"] = {"plan": str(built.plan_path), "build_timings_s": built.sidecar.build_timings_s,
+                              "parity": check.parity.to_dict(), **check.latency_record()}
 
-    RESULTS.mkdir(exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS / f"trt_{bundle.manifest.model_id}_{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_record(RESULTS, f"trt_{bundle.manifest.model_id}", result)
     return 0
 
 

@@ -25,11 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="plan file (default <bundle>/plans/<gpu>-trt<version>.plan)")
     parser.add_argument("--skip-parity", action="store_true",
                         help="keep the plan without checking it against ONNX Runtime (not for production)")
-    parser.add_argument("--latency-runs", type=int, default=200, help="timed runs for the latency summary")
+    parser.add_argument("--latency-runs", type=int, default=200, help="timed cycles for the latency summary (each runs the plan and ONNX Runtime once)")
 
 
 def main(args: argparse.Namespace) -> int:
-    from edge_inspector.bundle.plans import read_sidecar, sidecar_path, write_sidecar
     from edge_inspector.bundle.store import load_bundle
     from edge_inspector.engines.trt_build import BuildOptions, build_engine
 
@@ -50,36 +49,11 @@ def main(args: argparse.Namespace) -> int:
         print("parity    skipped (--skip-parity): this plan was not checked against ONNX Runtime")
         return 0
 
-    from edge_inspector.engines.ort import OrtEngine
-    from edge_inspector.engines.parity import compare_engines, measure_latency
-    from edge_inspector.engines.trt_run import TrtEngine
-    from edge_inspector.errors import BundleError
+    from edge_inspector.engines.plan_check import check_plan, keep_or_remove
 
-    images = bundle.calibration_images()
-    if not len(images):
-        raise BundleError(
-            f"{bundle.path} ships no calibration images, so the plan cannot be checked against ONNX Runtime; "
-            "re-export the bundle with calibration images, or pass --skip-parity"
-        )
-    trt_engine, ort_engine = TrtEngine(bundle, result.plan_path), OrtEngine(bundle)
-    try:
-        report = compare_engines(
-            trt_engine, ort_engine, images, bundle.manifest.thresholds.image, bundle.manifest.parity, progress=True
-        )
-        print(report.summary())
-        if not report.passed:
-            for path in (result.plan_path, sidecar_path(result.plan_path)):
-                path.unlink(missing_ok=True)
-            print(f"build failed: plan removed so the line cannot pick it up ({result.plan_path.name})")
-            return 1
-        trt_latency = measure_latency(trt_engine, images[0], runs=args.latency_runs)
-        ort_latency = measure_latency(ort_engine, images[0], runs=max(1, min(args.latency_runs, 20)), warmup=1)
-        print(trt_latency.summary())
-        print(ort_latency.summary())
-    finally:
-        trt_engine.close()
-        ort_engine.close()
-    sidecar = read_sidecar(result.plan_path)
-    sidecar.parity = {**report.to_dict(), "latency": trt_latency.to_dict(), "onnxruntime_latency": ort_latency.to_dict()}
-    write_sidecar(result.plan_path, sidecar)
+    check = check_plan(bundle, result.plan_path, args.latency_runs)
+    print(check.summary())
+    if not keep_or_remove(result.plan_path, check):
+        print(f"build failed: plan removed so the line cannot pick it up ({result.plan_path.name})")
+        return 1
     return 0

@@ -93,12 +93,13 @@ def main(args: argparse.Namespace) -> int:
     from edge_inspector.cli.export import holdout_split
     from edge_inspector.export.onnx_export import ThresholdPolicy, export_bundle, thresholds_from_normal
     from edge_inspector.bundle.graph_size import initializer_bytes
+    from edge_inspector.config import EngineSettings
+    from edge_inspector.engines.latency import time_graphs
     from edge_inspector.export.qdq import dedupe_initializers, narrow_index_initializers
     from edge_inspector.quantization.calibrate import (
         CalibrateOptions,
         export_qdq_bundle,
         finish_plan_files,
-        interleaved_latency,
         parity,
         run_hqs,
         summary_of,
@@ -149,8 +150,8 @@ def main(args: argparse.Namespace) -> int:
                                           thresholds, holdout)
     check = parity(scorer, graph, holdout[:4], options.threads)
     summary = summary_of(result, options)
-    latency = interleaved_latency({"fp32": fp32_graph, "hqs": graph}, holdout[0], options.latency_runs,
-                                  options.threads)
+    latency = time_graphs({"fp32": fp32_graph, "hqs": graph}, holdout[0], options.latency_runs,
+                          EngineSettings(intra_op_threads=options.threads))
     fp32_ms, hqs_ms = latency.p50_ms("fp32"), latency.p50_ms("hqs")
     summary.update({
         "graph_bytes_fp32": initializer_bytes(fp32_graph),

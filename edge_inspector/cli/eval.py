@@ -142,9 +142,9 @@ def _write_f1_thresholds(model_path: Path, is_bundle: bool, category, prediction
 
 
 def main(args: argparse.Namespace) -> int:
-    from edge_inspector.training.report import format_table
+    from edge_inspector.training.report import result_table
 
     result, out = run_eval(args)
-    print(format_table(result))
+    print(result_table(result))
     print(f"written to  {out}")
     return 0

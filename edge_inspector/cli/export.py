@@ -37,7 +37,7 @@ class ExportSummary:
     bundle: Any
     """edge_inspector.bundle.store.Bundle."""
     parity: Any
-    """edge_inspector.export.parity.ParityReport."""
+    """edge_inspector.engines.parity.ParityReport."""
     stats: Any
     """edge_inspector.training.scoring.NormalStatistics."""
     scorer: Any
@@ -108,8 +108,8 @@ def print_summary(summary: ExportSummary) -> None:
     print(f"thresholds  image {m.thresholds.image:.4g} (target false-reject rate "
           f"{m.thresholds.target_false_reject_rate}), pixel {m.thresholds.pixel:.4g}; score = {m.score.aggregation}")
     parity = summary.parity
-    print(f"parity      ONNX Runtime vs torch on {parity.n_images} images: map {parity.max_map_diff:.1e}, "
-          f"score {parity.max_score_diff:.1e} (relative)")
+    print(f"parity      ONNX Runtime vs torch on {parity.n_images} images: map {parity.map_rel_diff:.1e}, "
+          f"score {parity.max_score_drift:.1e} (relative)")
 
 
 def main(args: argparse.Namespace) -> int:

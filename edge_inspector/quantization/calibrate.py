@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,8 @@ import torch
 from torch import nn
 
 from edge_inspector.bundle.graph_size import initializer_bytes
-from edge_inspector.config import EngineSettings
 from edge_inspector.data.synthetic import ProbeSet
-from edge_inspector.engines.ort import load_session
+from edge_inspector.export.parity import graph_parity
 from edge_inspector.export.qdq import (
     blocked_int8_weight,
     conv_quant_from_module,
@@ -120,54 +118,6 @@ def auroc_drop(prober: Prober, plan: dict[str, str]) -> tuple[float, dict[str, f
     return float(np.nan_to_num(drop)), now
 
 
-@dataclass
-class Latency:
-    """Interleaved latencies of several graphs (``interleaved_latency``), in ms."""
-
-    runs_ms: dict[str, list[float]]
-    """Every timed run, per graph."""
-    ratio_runs: dict[str, list[float]]
-    """Per graph: its time over the reference graph's in the same cycle, for every cycle."""
-
-    def p50_ms(self, name: str) -> float:
-        return float(np.median(self.runs_ms[name]))
-
-    def ratio(self, name: str) -> float:
-        """Median of the same-cycle ratios to the reference: what the machine's drifts cancel out of."""
-        return float(np.median(self.ratio_runs[name]))
-
-
-def interleaved_latency(graphs: dict[str, onnx.ModelProto], image: np.ndarray, cycles: int, threads: int) -> Latency:
-    """ONNX Runtime CPU latency of one image through each of ``graphs``, timed one run of each graph per cycle.
-
-    Why interleaved run by run: on a shared machine the speed drifts over seconds, and graphs timed one after the
-    other (10 runs each) differed by up to +-10% for the same graph (``hqs`` against ``hqs_small``, which compute
-    the same). Within a cycle (tens of ms) the graphs share the conditions; the ratios use the first graph as the
-    reference. The order rotates every cycle. Runs follow each other without pause; with a 2 ms pause before each
-    run (a line between frames) the HQS / FP32 ratio at 2 threads went from 0.57 to 0.60 in a one-off check (the
-    pool threads are woken at the start of every run, which costs the shorter integer graph relatively more).
-    """
-    names = list(graphs)
-    settings = EngineSettings(intra_op_threads=threads)
-    sessions = {n: load_session(g, settings).session for n, g in graphs.items()}
-    feeds = {n: {s.get_inputs()[0].name: image[None]} for n, s in sessions.items()}
-    for name in names:  # warm-up: first runs allocate and pack
-        for _ in range(2):
-            sessions[name].run(None, feeds[name])
-    runs: dict[str, list[float]] = {n: [] for n in names}
-    ratios: dict[str, list[float]] = {n: [] for n in names}
-    for cycle in range(cycles):
-        times = {}
-        for name in names[cycle % len(names):] + names[: cycle % len(names)]:
-            start = time.perf_counter()
-            sessions[name].run(None, feeds[name])
-            times[name] = (time.perf_counter() - start) * 1000
-        for name in names:
-            runs[name].append(times[name])
-            ratios[name].append(times[name] / times[names[0]])
-    return Latency(runs, ratios)
-
-
 LOCATION_FACTOR = "model.location.cell_precision_factor"
 
 
@@ -185,19 +135,11 @@ def qdq_graph(scorer: nn.Module, fp32: onnx.ModelProto, small: bool) -> onnx.Mod
     return graph
 
 
-@torch.no_grad()
 def parity(scorer: nn.Module, graph: onnx.ModelProto, images: np.ndarray, threads: int = 1) -> dict[str, float]:
-    """Largest ORT-vs-torch map difference (relative to the largest map value) and score difference (relative)."""
-    session = load_session(graph, EngineSettings(intra_op_threads=threads)).session
-    name = session.get_inputs()[0].name
-    map_diff = score_diff = 0.0
-    for image in images:
-        ref_map, ref_score = scorer(torch.from_numpy(np.ascontiguousarray(image[None])))
-        out_map, out_score = session.run(None, {name: image[None]})
-        scale = max(float(ref_map.abs().max()), 1e-12)
-        map_diff = max(map_diff, float(np.abs(out_map - ref_map.numpy()).max()) / scale)
-        score_diff = max(score_diff, abs(float(out_score[0]) - float(ref_score[0])) / max(abs(float(ref_score[0])), 1e-12))
-    return {"max_map_diff": map_diff, "max_score_diff": score_diff}
+    """Largest ORT-vs-torch map difference (relative to each image's largest map value) and score difference
+    (relative), as the plan files record them (``export.parity.graph_parity``)."""
+    report = graph_parity(scorer, graph, images, threads)
+    return {"max_map_diff": report.map_rel_diff, "max_score_diff": report.max_score_drift}
 
 
 @dataclass

@@ -15,7 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_inspector.data.folders import Category
-from edge_inspector.ops.records import machine
+from edge_inspector.engines.latency import LatencyStats
+from edge_inspector.engines.records import machine
 from edge_inspector.training.metrics import evaluate_scores
 from edge_inspector.training.scoring import AGGREGATIONS, aggregate, run_scorer
 
@@ -56,18 +57,6 @@ def predict_with_torch(scorer: Any, images: np.ndarray, batch_size: int = 8, pro
     return Predictions(maps, scores, "torch")
 
 
-def latency_summary(latency_ms: list[float]) -> dict[str, float]:
-    if not latency_ms:
-        return {}
-    values = np.asarray(latency_ms)
-    return {
-        "mean": float(values.mean()),
-        "p50": float(np.percentile(values, 50)),
-        "p99": float(np.percentile(values, 99)),
-        "n": float(values.size),
-    }
-
-
 def evaluate_predictions(
     predictions: Predictions,
     category: Category,
@@ -99,6 +88,6 @@ def evaluate_predictions(
         "aggregation": aggregation,
         "topk_fraction": topk_fraction,
         "thresholds": {"image": image_threshold, "pixel": pixel_threshold},
-        "latency_ms": latency_summary(predictions.latency_ms),
+        "latency_ms": LatencyStats.of(predictions.latency_ms).to_dict() if predictions.latency_ms else {},
         "metrics": metrics,
     }

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from edge_inspector.data.folders import Category
+from edge_inspector.engines.records import format_table
 
 RESULT_NAME, TABLE_NAME, OVERLAY_DIR = "result.json", "table.txt", "overlays"
 _COLUMNS = (
@@ -30,18 +31,13 @@ _COLUMNS = (
 )
 
 
-def format_table(result: dict[str, Any]) -> str:
+def result_table(result: dict[str, Any]) -> str:
     """The metrics as an aligned text table: one row per group (overall first, then each defect type)."""
     metrics = result["metrics"]
     header = ["group", *(name for name, _, _ in _COLUMNS)]
-    rows = [header]
-    for group in ["overall", *sorted(k for k in metrics if k != "overall")]:
-        values = metrics[group]
-        rows.append([group, *(fmt.format(values[key]) if key in values else "-" for _, key, fmt in _COLUMNS)])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
+    rows = [[group, *(fmt.format(metrics[group][key]) if key in metrics[group] else "-" for _, key, fmt in _COLUMNS)]
+            for group in ["overall", *sorted(k for k in metrics if k != "overall")]]
+    table = format_table(header, rows, right_from=1, rule=True)
     model = result.get("model", {})
     title = (f"{result['dataset']['name']}: {model.get('model_id', model.get('path', '?'))} via {result['engine']}, "
              f"score = {result['aggregation']} (columns mean/max/topk: image AUROC per aggregation)")
@@ -50,7 +46,7 @@ def format_table(result: dict[str, Any]) -> str:
     if latency:
         tail.append(f"latency per image: mean {latency['mean']:.1f} ms, p50 {latency['p50']:.1f} ms, "
                     f"p99 {latency['p99']:.1f} ms")
-    return "\n".join([title, *lines, *tail])
+    return "\n".join([title, table, *tail])
 
 
 def _heatmap(image: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray:
@@ -113,5 +109,5 @@ def write_result(out_dir: Path, result: dict[str, Any]) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, table_path = out_dir / RESULT_NAME, out_dir / TABLE_NAME
     json_path.write_text(json.dumps(result, indent=2, default=str))
-    table_path.write_text(format_table(result) + "\n")
+    table_path.write_text(result_table(result) + "\n")
     return json_path, table_path

@@ -112,4 +112,4 @@ def test_cli_builds_checks_parity_and_records_it(tmp_path, capsys, kind):
     plans = sorted(bundle.plans_dir.glob("*.plan"))
     assert len(plans) == 1
     recorded = json.loads(sidecar_path(plans[0]).read_text())["parity"]
-    assert recorded["passed"] is True and recorded["latency"]["runs"] == 10
+    assert recorded["passed"] is True and recorded["latency"]["n"] == 10
