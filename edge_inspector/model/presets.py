@@ -53,6 +53,9 @@ class ModelSpec(StrictModel):
     """Model input width in pixels."""
     height: int = Field(256, gt=0)
     """Model input height in pixels (need not equal width: e.g. 256x640 for tall parts)."""
+    input_pixels: int = Field(256 * 256, gt=0)
+    """Pixel budget of the input when ``train`` chooses width and height from the training images (any side not
+    set): their median aspect ratio at about this many pixels (edge_inspector.model.input_size)."""
     resize: Literal["stretch", "letterbox"] = "stretch"
     """How frames are fitted to width x height (see edge_inspector.preprocess)."""
     layers: list[str] = ["stage2", "stage3", "stage5"]
