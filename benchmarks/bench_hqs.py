@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_inspector.data.folders import load_images, load_test_set, scan_category  # noqa: E402
-from edge_inspector.cli.export import holdout_split  # noqa: E402
+from edge_inspector.data.folders import holdout_split  # noqa: E402
 from edge_inspector.export.onnx_export import export_onnx  # noqa: E402
 from edge_inspector.bundle.graph_size import initializer_bytes  # noqa: E402
 from edge_inspector.engines.records import new_record, script_command, write_record  # noqa: E402
@@ -55,7 +55,8 @@ from edge_inspector.quantization.qat import QatOptions, finetune  # noqa: E402
 from edge_inspector.quantization.units import apply_plan, set_mode  # noqa: E402
 from edge_inspector.training.metrics import image_auroc, pixel_auroc  # noqa: E402
 from edge_inspector.training.heads import choose_head  # noqa: E402
-from edge_inspector.training.scoring import fit_normal_statistics, heads_needed, make_scorer  # noqa: E402
+from edge_inspector.model.normal_stats import fit_normal_statistics  # noqa: E402
+from edge_inspector.model.scorer import heads_needed, make_scorer  # noqa: E402
 from edge_inspector.training.trainer import load_checkpoint  # noqa: E402
 
 
@@ -127,7 +128,7 @@ def load_data(args: argparse.Namespace) -> Data:
     model, preset = load_checkpoint(Path(args.model))
     spec = preset.model
     category = scan_category(args.data, require_test=True)
-    fit_paths, holdout_paths = holdout_split(category, preset)
+    fit_paths, holdout_paths = holdout_split(category, preset.train)
     fit_images = load_images(fit_paths, spec.width, spec.height, spec.resize)
     holdout = load_images(holdout_paths, spec.width, spec.height, spec.resize)
     test_images, test_masks = load_test_set(category, spec.width, spec.height, spec.resize)

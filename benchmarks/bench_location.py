@@ -32,14 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_inspector.data.folders import load_images, load_test_set, scan_category  # noqa: E402
-from edge_inspector.cli.export import holdout_split  # noqa: E402
+from edge_inspector.data.folders import holdout_split  # noqa: E402
 from edge_inspector.model.blur import blur, gaussian_kernel  # noqa: E402
 from edge_inspector.model.haloae import build_model  # noqa: E402
 from edge_inspector.model.location import LocationGaussian  # noqa: E402
 from edge_inspector.model.presets import load_preset  # noqa: E402
 from edge_inspector.engines.records import new_record, script_command, write_record  # noqa: E402
 from edge_inspector.training.metrics import image_auroc, pixel_auroc  # noqa: E402
-from edge_inspector.training.scoring import aggregate  # noqa: E402
+from edge_inspector.model.scorer import aggregate  # noqa: E402
 
 
 @torch.no_grad()
@@ -100,7 +100,7 @@ def main() -> int:
     preset = load_preset(args.config)
     spec, loc = preset.model, preset.model.location
     category = scan_category(args.data, require_test=True)
-    fit_paths, _ = holdout_split(category, preset)
+    fit_paths, _ = holdout_split(category, preset.train)
     model = build_model(spec).eval()
     fit = location_grids(model, load_images(fit_paths, spec.width, spec.height, spec.resize))
     test_images, masks = load_test_set(category, spec.width, spec.height, spec.resize)

@@ -41,13 +41,15 @@ def untrained_lite_bundle(out: Path, n_images: int, qdq: bool):
 
     from edge_inspector.bundle.manifest import QuantizationSpec
     from edge_inspector.bundle.store import load_bundle, write_bundle
-    from edge_inspector.export.onnx_export import ThresholdPolicy, export_bundle, thresholds_from_normal
+    from edge_inspector.bundle.thresholds import ThresholdPolicy
+    from edge_inspector.export.onnx_export import export_bundle
     from edge_inspector.export.qdq import conv_quant_from_module, insert_qdq
     from edge_inspector.model.haloae import build_model
     from edge_inspector.model.presets import load_preset
     from edge_inspector.preprocess import to_model_input
     from edge_inspector.quantization import units as qu
-    from edge_inspector.training.scoring import fit_normal_statistics, make_scorer
+    from edge_inspector.model.normal_stats import fit_normal_statistics
+    from edge_inspector.model.scorer import make_scorer
 
     torch.manual_seed(0)
     preset = load_preset("haloae-lite")
@@ -63,7 +65,7 @@ def untrained_lite_bundle(out: Path, n_images: int, qdq: bool):
             scorer(torch.from_numpy(images))
         qu.set_mode(scorer, "float")
     stats = fit_normal_statistics(scorer, images)
-    thresholds = thresholds_from_normal(stats, ThresholdPolicy(0.01, 0.001))
+    thresholds = stats.thresholds(ThresholdPolicy(0.01, 0.001))
     name = f"magnetic_tile-haloae-lite-untrained{'-w8a8' if qdq else ''}"
     bundle = export_bundle(scorer, out, name, "stretch", stats, thresholds, None, images)
     if not qdq:

@@ -75,6 +75,8 @@ class Thresholds(StrictModel):
     pixel: float = Field(gt=0)
     """Raw anomaly-map value above which a pixel belongs to a defect region."""
     pixel_method: Literal["quantile", "f1", "manual"] = "quantile"
+    target_pixel_false_positive_rate: float | None = Field(None, ge=0, le=1)
+    """For ``pixel_method`` quantile: the share of normal pixels the pixel threshold aims to let above it."""
 
 
 class QuantizationSpec(StrictModel):

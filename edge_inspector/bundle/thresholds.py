@@ -2,7 +2,9 @@
 
 Two ways to set a threshold on a raw score:
 
-- ``quantile_threshold``: from good images alone, for a target false-reject rate (what a line has on day one).
+- ``quantile_threshold``: from good images alone, for a target false-reject rate (what a line has on day one);
+  ``ThresholdPolicy`` names the two target rates and ``thresholds_from_scores`` turns held-back good scores into
+  the manifest's ``Thresholds`` with them.
 - ``f1_threshold``: the F1-optimal threshold on labelled scores (when defects with labels exist).
 
 Convention everywhere: ``score >= threshold`` means FAIL / defect.
@@ -10,7 +12,11 @@ Convention everywhere: ``score >= threshold`` means FAIL / defect.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from edge_inspector.bundle.manifest import Thresholds
 
 # The manifest requires thresholds > 0; anomaly scores are >= 0, so a degenerate all-zero set still gets a usable value.
 _MIN_THRESHOLD = 1e-12
@@ -88,3 +94,43 @@ def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str,
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """How thresholds are set from the held-back normal training images."""
+
+    image_false_reject_rate: float = 0.01
+    """Target fraction of good parts rejected (image score quantile)."""
+    pixel_false_positive_rate: float = 0.001
+    """Target fraction of normal pixels above the region threshold (anomaly map quantile)."""
+
+    @classmethod
+    def of(cls, thresholds: Thresholds) -> ThresholdPolicy | None:
+        """The policy ``thresholds`` were set with, or None when they were not quantiles of good scores (F1 on a
+        labelled set, or set by hand). A rate the manifest does not record takes its default."""
+        if thresholds.image_method != "quantile" or thresholds.target_false_reject_rate is None:
+            return None
+        if thresholds.pixel_method != "quantile":
+            return None
+        pixel = thresholds.target_pixel_false_positive_rate
+        return cls(thresholds.target_false_reject_rate,
+                   cls.pixel_false_positive_rate if pixel is None else pixel)
+
+
+def thresholds_from_scores(image_scores: np.ndarray, pixel_values: np.ndarray, policy: ThresholdPolicy) -> Thresholds:
+    """Image and pixel thresholds from normal holdout scores alone (no defects needed).
+
+    Args:
+        image_scores: raw image scores of held-back good images.
+        pixel_values: anomaly-map values of the same images (or a sample of them).
+        policy: the target rates.
+    """
+    return Thresholds(
+        image=quantile_threshold(image_scores, policy.image_false_reject_rate),
+        image_method="quantile",
+        target_false_reject_rate=policy.image_false_reject_rate,
+        pixel=quantile_threshold(pixel_values, policy.pixel_false_positive_rate),
+        pixel_method="quantile",
+        target_pixel_false_positive_rate=policy.pixel_false_positive_rate,
+    )

@@ -1,16 +1,14 @@
 """``edge-inspector train --data <category> --config haloae-lite --out <bundle> [key=value ...] [--resume]``.
 
-Fits HaloAE on ``train/good`` minus a seeded holdout slice, takes normal statistics and thresholds from that
-holdout, exports the bundle (ONNX + manifest + calibration images), checks ONNX Runtime against torch and prints a
-summary. Checkpoints go to a work folder beside the bundle (not into it: the bundle is what ships).
+A thin shell over ``edge_inspector.workflows.train.train``: fits HaloAE on ``train/good`` minus a seeded holdout
+slice, exports the FP32 bundle with thresholds from that holdout, checks ONNX Runtime against torch, prints a summary.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from edge_inspector.cli.export import add_threshold_arguments
+from edge_inspector.cli.arguments import DEFAULT_POLICY, add_threshold_arguments, threshold_policy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,36 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from edge_inspector.data.folders import Category, load_images, scan_category
-    from edge_inspector.errors import ConfigError
-    from edge_inspector.cli.export import bundle_from_model, holdout_split, print_summary
-    from edge_inspector.model.haloae import build_model
-    from edge_inspector.model.presets import load_preset
-    from edge_inspector.training.trainer import fit
+    from edge_inspector.workflows.train import train
 
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"unexpected argument(s) {bad}: overrides are key=value, e.g. train.epochs=5")
-    preset = load_preset(args.config, args.overrides)
-    category = scan_category(args.data)
-    if args.max_images:
-        category = Category(category.root, category.train[: args.max_images], category.test)
-    out = Path(args.out)
-    work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".work")
-    progress = not args.no_progress
-    spec = preset.model
-
-    fit_paths, holdout_paths = holdout_split(category, preset)
-    print(f"data        {category.root}: {len(fit_paths)} images to fit, {len(holdout_paths)} held back; "
-          f"preset {preset.name}, {spec.width}x{spec.height}, attention {spec.attention}")
-    images = load_images(fit_paths, spec.width, spec.height, spec.resize, progress=progress, desc="training images")
-    model = build_model(spec)
-    report = fit(model, images, preset.train, work_dir, resume=args.resume, progress=progress, preset=preset)
-    resumed = f" (resumed at epoch {report.resumed_from_epoch})" if report.resumed_from_epoch else ""
-    losses = " ".join(f"{k} {v:.4f}" for k, v in report.losses.items())
-    print(f"trained     {report.epochs_run} of {report.epochs_total} epochs{resumed}, {report.steps} steps in "
-          f"{report.duration_s:.0f} s; last epoch {losses}; checkpoint {report.checkpoint}")
-    summary = bundle_from_model(model, preset, category, out, args.target_frr, args.pixel_fpr,
-                                epochs=report.epochs_total, duration_s=report.duration_s, progress=progress)
-    print_summary(summary)
+    result = train(args.data, args.out, args.config, args.overrides, work_dir=args.work_dir, resume=args.resume,
+                   thresholds=threshold_policy(args) or DEFAULT_POLICY, max_images=args.max_images,
+                   progress=not args.no_progress)
+    print(result.summary())
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -23,6 +24,9 @@ from tqdm import tqdm
 
 from edge_inspector.errors import DataError
 from edge_inspector.preprocess import ResizeMode, to_model_input
+
+if TYPE_CHECKING:  # a type only: data/ sits beside model/, not above it
+    from edge_inspector.model.presets import TrainSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GOOD = "good"
@@ -125,6 +129,21 @@ def split_holdout(paths: tuple[Path, ...] | list[Path], fraction: float, seed: i
     fit = [p for i, p in enumerate(ordered) if i not in held]
     holdout = [p for i, p in enumerate(ordered) if i in held]
     return fit, holdout
+
+
+def holdout_split(category: Category, train: TrainSpec) -> tuple[list[Path], list[Path]]:
+    """The (fit, holdout) split of ``category.train`` that the training settings define (their fraction and seed).
+
+    Training, export, evaluation of a checkpoint and calibration all call this, so every one of them holds back the
+    same images.
+
+    Raises:
+        DataError: ``train.holdout_fraction`` is 0 (normal statistics and thresholds need held-back images), or
+            ``split_holdout`` refuses the split.
+    """
+    if train.holdout_fraction <= 0:
+        raise DataError("train.holdout_fraction is 0: normal statistics and thresholds need held-back good images")
+    return split_holdout(category.train, train.holdout_fraction, train.seed)
 
 
 def data_fingerprint(paths: list[Path] | tuple[Path, ...], root: Path) -> str:

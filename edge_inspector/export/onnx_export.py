@@ -1,8 +1,10 @@
-"""Trained model -> model bundle (DESIGN §2): FP32 ONNX graph + manifest + calibration images.
+"""Trained model -> model bundle, the only thing that crosses to the line: FP32 ONNX graph + manifest + calibration
+images.
 
 The graph is ``AnomalyScorer`` exported with a static shape: input ``image`` uint8 (1, H, W, 3) RGB (normalisation
-inside the graph), outputs ``anomaly_map`` (1, 1, H, W) and ``score`` (1,), both raw. Thresholds go to the manifest,
-never into the graph, so the line can tune them.
+inside the graph), outputs named after the fields of ``ScorerOutput`` (``anomaly_map`` (1, 1, H, W) and ``score``
+(1,), both raw), and the manifest records those names. Thresholds go to the manifest, never into the graph, so the
+line can tune them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import logging
 import platform
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,42 +25,23 @@ from edge_inspector.bundle.manifest import (
     GraphSpec,
     InputSpec,
     Manifest,
+    OutputSpec,
     ScoreSpec,
     Thresholds,
     TrainingInfo,
 )
 from edge_inspector.bundle.store import Bundle, sha256_file, write_bundle
-from edge_inspector.bundle.thresholds import quantile_threshold
 from edge_inspector.log import kv
-from edge_inspector.training.scoring import AnomalyScorer, NormalStatistics
+from edge_inspector.model.normal_stats import NormalStatistics
+from edge_inspector.model.scorer import INPUT_NAME, AnomalyScorer, ScorerOutput
 
 log = logging.getLogger(__name__)
 
 OPSET = 21
 """Pinned: every graph we ship uses this opset (21 also allows true INT4 initializers for the quantizer)."""
-INPUT_NAME, MAP_NAME, SCORE_NAME = "image", "anomaly_map", "score"
+OUTPUT_NAMES = ScorerOutput._fields
+"""The graph's output names, in output order: the scorer's typed output defines them."""
 N_CALIBRATION_IMAGES = 8
-
-
-@dataclass(frozen=True)
-class ThresholdPolicy:
-    """How thresholds are set from the holdout of normal training images."""
-
-    image_false_reject_rate: float = 0.01
-    """Target fraction of good parts rejected (image score quantile)."""
-    pixel_false_positive_rate: float = 0.001
-    """Target fraction of normal pixels above the region threshold (anomaly map quantile)."""
-
-
-def thresholds_from_normal(stats: NormalStatistics, policy: ThresholdPolicy) -> Thresholds:
-    """Image and pixel thresholds from normal holdout scores alone (no defects needed)."""
-    return Thresholds(
-        image=quantile_threshold(stats.image_scores, policy.image_false_reject_rate),
-        image_method="quantile",
-        target_false_reject_rate=policy.image_false_reject_rate,
-        pixel=quantile_threshold(stats.pixel_sample, policy.pixel_false_positive_rate),
-        pixel_method="quantile",
-    )
 
 
 def export_onnx(scorer: AnomalyScorer, path: str | Path, opset: int = OPSET) -> Path:
@@ -81,7 +63,7 @@ def export_onnx(scorer: AnomalyScorer, path: str | Path, opset: int = OPSET) -> 
                 (example,),
                 str(path),
                 input_names=[INPUT_NAME],
-                output_names=[MAP_NAME, SCORE_NAME],
+                output_names=list(OUTPUT_NAMES),
                 opset_version=opset,
                 dynamo=True,
                 external_data=False,
@@ -137,6 +119,7 @@ def export_bundle(
             edge_inspector_version=__version__,
             graph=GraphSpec(file="model.onnx", sha256=digest, opset=OPSET),
             input=InputSpec(name=INPUT_NAME, width=scorer.width, height=scorer.height, resize=resize),
+            outputs=OutputSpec(**{name: name for name in OUTPUT_NAMES}),
             score=ScoreSpec(
                 head=scorer.head,
                 head_probe=head_probe or {},

@@ -48,7 +48,7 @@ from edge_inspector.quantization.units import (
     unused_convs,
     wrap_units,
 )
-from edge_inspector.training.scoring import heads_needed
+from edge_inspector.model.scorer import heads_needed
 
 log = logging.getLogger(__name__)
 

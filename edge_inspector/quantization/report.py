@@ -104,7 +104,27 @@ def write_plan(folder: str | Path, name: str, rows: list[dict[str, Any]], summar
     return yaml_path, md_path
 
 
-def read_plan(path: str | Path) -> dict[str, str]:
-    """The unit -> precision mapping of a plan YAML written by ``write_plan``."""
-    doc = yaml.safe_load(Path(path).read_text())
-    return dict(doc["bit_plan"])
+SUMMARY_KEYS = ("average_weight_bits", "precisions", "graph_bytes_fp32", "graph_bytes_hqs", "size_ratio",
+                "probe_image_auroc_fp32", "probe_image_auroc_hqs", "probe_pixel_auroc_fp32", "probe_pixel_auroc_hqs",
+                "latency_p50_ms_fp32", "latency_p50_ms_hqs", "speed_ratio", "parity", "target",
+                "repair_within_tolerance", "final_probe_drop", "final_within_tolerance")
+"""The summary figures the plain-text report shows, in this order."""
+
+
+def _clip_left(text: str, width: int) -> str:
+    """``text`` in ``width`` characters, its start replaced by '…' when too long (unit names differ at the end)."""
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def plan_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """The per-layer table (score, bits, size) and the whole-model summary, as plain text for a terminal."""
+    lines = [f"{'#':>3} {'unit':<44} {'kind':<9} {'params':>8} {'score4':>7} {'score8':>7} {'bits':>4} {'KiB':>7}"]
+    for i, row in enumerate(rows):
+        score = (row["signals"] or {}).get("score", {})
+        pin = f"  [{row['pinned']}]" if row["pinned"] else ""
+        lines.append(f"{i:>3} {_clip_left(row['unit'], 44):<44} {row['kind']:<9} {row['params']:>8} "
+                     f"{score.get('w4a8', 0):>7.3f} {score.get('w8a8', 0):>7.3f} {row['weight_bits']:>4} "
+                     f"{row['weight_bytes'] / 1024:>7.1f}{pin}")
+    lines.append("")
+    lines += [f"{key:<26} {summary[key]}" for key in SUMMARY_KEYS if key in summary]
+    return "\n".join(lines)

@@ -18,7 +18,7 @@ from edge_inspector.data.folders import Category
 from edge_inspector.engines.latency import LatencyStats
 from edge_inspector.engines.records import machine
 from edge_inspector.training.metrics import evaluate_scores
-from edge_inspector.training.scoring import AGGREGATIONS, aggregate, run_scorer
+from edge_inspector.model.scorer import AGGREGATIONS, aggregate, run_scorer
 
 
 @dataclass

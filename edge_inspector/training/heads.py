@@ -15,15 +15,8 @@ import torch
 
 from edge_inspector.data.synthetic import synthetic_defects
 from edge_inspector.training.metrics import image_auroc, pixel_auroc
-from edge_inspector.training.scoring import (
-    SCORING_HEADS,
-    AnomalyScorer,
-    NormalStatistics,
-    fit_normal_statistics,
-    fit_scorer_statistics,
-    make_scorer,
-    raw_maps_of,
-)
+from edge_inspector.model.normal_stats import NormalStatistics, fit_normal_statistics, fit_scorer_statistics
+from edge_inspector.model.scorer import SCORING_HEADS, AnomalyScorer, make_scorer, raw_maps_of
 
 PROBE_SEED = 0
 DEFECTS_PER_IMAGE = 3

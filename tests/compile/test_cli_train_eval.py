@@ -11,8 +11,9 @@ import torch
 from edge_inspector.bundle.store import load_bundle
 from edge_inspector.cli import main
 from edge_inspector.data.folders import scan_category, split_holdout
-from edge_inspector.export.onnx_export import ThresholdPolicy, export_bundle, thresholds_from_normal
-from edge_inspector.training.scoring import AnomalyScorer, fit_normal_statistics
+from edge_inspector.export.onnx_export import export_bundle
+from edge_inspector.model.normal_stats import fit_normal_statistics
+from edge_inspector.model.scorer import AnomalyScorer
 from tests.compile.stand_in_model import StandInModel
 from tests.fixtures.synthetic_dataset import write_synthetic_category
 
@@ -37,7 +38,7 @@ def stand_in_bundle(dataset, tmp_path_factory):
     scorer = AnomalyScorer(StandInModel(), SIZE, SIZE, "max", blur_sigma=1.0)
     stats = fit_normal_statistics(scorer, holdout)
     bundle = export_bundle(scorer, tmp_path_factory.mktemp("bundle") / "b", "tiles-stand-in", "stretch", stats,
-                           thresholds_from_normal(stats, ThresholdPolicy()), None, holdout)
+                           stats.thresholds(), None, holdout)
     return bundle
 
 
@@ -179,3 +180,13 @@ def test_export_changes_the_scoring_head_without_retraining(trained, dataset, tm
     assert main(["export", "--checkpoint", str(checkpoint), "--data", str(dataset), "--out", str(tmp_path / "x"),
                  "model.width=128"]) == 2
     assert "only score.* settings can change after training" in capsys.readouterr().err
+
+
+def test_evaluate_from_python_returns_what_the_command_writes(dataset, stand_in_bundle, tmp_path):
+    """The Python API and the command are one code path: the returned report is result.json."""
+    from edge_inspector.workflows.evaluate import EvalResult, evaluate
+
+    result = evaluate(stand_in_bundle.path, dataset, tmp_path / "api", overlays=0, progress=False)
+    assert isinstance(result, EvalResult) and result.out == tmp_path / "api"
+    assert json.loads((result.out / "result.json").read_text()) == json.loads(json.dumps(result.report, default=str))
+    assert result.summary().startswith("tiles:") and result.report["engine"] == "onnxruntime"

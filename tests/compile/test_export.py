@@ -11,9 +11,11 @@ from edge_inspector.bundle.manifest import TrainingInfo
 from edge_inspector.bundle.store import load_bundle
 from edge_inspector.engines.ort import OrtEngine
 from edge_inspector.errors import BundleError
-from edge_inspector.export.onnx_export import OPSET, ThresholdPolicy, export_bundle, thresholds_from_normal
+from edge_inspector.bundle.thresholds import ThresholdPolicy
+from edge_inspector.export.onnx_export import OPSET, export_bundle
 from edge_inspector.export.parity import MAP_RTOL, check_parity
-from edge_inspector.training.scoring import AnomalyScorer, fit_normal_statistics, run_scorer
+from edge_inspector.model.normal_stats import fit_normal_statistics
+from edge_inspector.model.scorer import AnomalyScorer, ScorerOutput, run_scorer
 from tests.compile.stand_in_model import StandInModel
 
 torch.set_num_threads(1)
@@ -26,7 +28,7 @@ def exported(tmp_path_factory):
     holdout = rng.integers(90, 110, (6, H, W, 3), dtype=np.uint8)
     scorer = AnomalyScorer(StandInModel(), H, W, "topk", topk_fraction=0.02, blur_sigma=1.0)
     stats = fit_normal_statistics(scorer, holdout)
-    thresholds = thresholds_from_normal(stats, ThresholdPolicy(0.1, 0.01))
+    thresholds = stats.thresholds(ThresholdPolicy(0.1, 0.01))
     info = TrainingInfo(preset="stand-in", backbone="none", dataset="synthetic", data_fingerprint="0" * 64,
                         n_fit=0, n_holdout=6, epochs=0, seed=0)
     out = tmp_path_factory.mktemp("bundle")
@@ -45,6 +47,17 @@ def test_graph_contract(exported):
     assert not any(n.op_type == "ConvTranspose" for n in model.graph.node)
 
 
+def test_output_names_come_from_the_scorer_output_type(exported):
+    """The typed output's field names are the graph's output names and the manifest's, in one place."""
+    scorer, bundle, holdout, _ = exported
+    out = scorer(torch.from_numpy(holdout[:2]))
+    assert isinstance(out, ScorerOutput) and out.anomaly_map.shape == (2, 1, H, W) and out.score.shape == (2,)
+    graph = onnx.load(str(bundle.onnx_path))
+    assert tuple(o.name for o in graph.graph.output) == ScorerOutput._fields
+    outputs = load_bundle(bundle.path).manifest.outputs
+    assert (outputs.anomaly_map, outputs.score) == ScorerOutput._fields
+
+
 def test_manifest_and_calibration_images(exported):
     scorer, bundle, holdout, stats = exported
     reopened = load_bundle(bundle.path)  # verifies the graph hash
@@ -53,6 +66,7 @@ def test_manifest_and_calibration_images(exported):
     assert m.model_id.startswith("synthetic-stand-in-") and m.graph.opset == OPSET
     assert m.score.aggregation == "topk" and m.score.topk_fraction == 0.02
     assert m.score.image.n == 6 and m.thresholds.target_false_reject_rate == 0.1
+    assert m.thresholds.target_pixel_false_positive_rate == 0.01
     assert m.thresholds.image > np.quantile(stats.image_scores, 0.85)
     assert m.training.n_holdout == 6 and "onnxruntime" in m.versions
     np.testing.assert_array_equal(reopened.calibration_images(), holdout)

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from edge_inspector.errors import ConfigError, DataError
-from edge_inspector.export.onnx_export import ThresholdPolicy, export_bundle, thresholds_from_normal
+from edge_inspector.export.onnx_export import export_bundle
 from edge_inspector.export.parity import check_parity
 from edge_inspector.model.haloae import build_model
 from edge_inspector.model.location import LocationGaussian
 from edge_inspector.model.presets import load_preset
 from edge_inspector.training.heads import build_scorer, choose_head
-from edge_inspector.training.scoring import fit_normal_statistics, make_scorer, run_scorer
+from edge_inspector.model.normal_stats import fit_normal_statistics
+from edge_inspector.model.scorer import make_scorer, run_scorer
 from edge_inspector.training.trainer import load_checkpoint, save_checkpoint
 
 torch.set_num_threads(1)
@@ -146,7 +147,7 @@ def test_heads_export_and_onnx_runtime_matches_torch(fitted, head, tmp_path):
     scorer = make_scorer(model, preset, head=head)
     stats = fit_normal_statistics(scorer, holdout)
     bundle = export_bundle(scorer, tmp_path / head, "tiles", "stretch", stats,
-                           thresholds_from_normal(stats, ThresholdPolicy()), None, holdout)
+                           stats.thresholds(), None, holdout)
     assert bundle.manifest.score.head == head
     report = check_parity(scorer, bundle)
     assert report.passed

@@ -12,6 +12,7 @@ from edge_inspector.bundle.store import load_bundle
 from edge_inspector.model.haloae import build_model
 from edge_inspector.model.presets import load_preset
 from edge_inspector.training.trainer import save_checkpoint
+from tests.fixtures.bundles import make_tiny_bundle
 from tests.fixtures.synthetic_dataset import write_synthetic_category
 
 OVERRIDES = ["model.width=64", "model.height=64", "model.layers=[stage2]", "model.widths=[32,32,16]",
@@ -58,6 +59,51 @@ def test_calibrate_writes_a_qdq_bundle_and_plan_files(tmp_path, capsys):
         assert summary["final_within_tolerance"] == (drop <= 1.0)
         assert "| bits | KiB |" in (folder / "tiles-haloae-lite-hqs.md").read_text()
     assert "speed_ratio" in printed and "model.to_features" in printed
+
+
+@pytest.mark.slow
+def test_calibrate_keeps_the_fp32_bundle_threshold_policy(tmp_path, capsys):
+    """Given the FP32 bundle, the QDQ bundle's thresholds use its target rates (not the defaults), set on the
+    quantized model's own held-back scores; an explicit flag still wins."""
+    checkpoint, data = _tiny_checkpoint(tmp_path)
+    bundle_dir = tmp_path / "fp32"
+    work = bundle_dir.with_name("fp32.work") / "checkpoints"
+    work.mkdir(parents=True)
+    checkpoint.rename(work / "last.pt")
+    assert cli.main(["export", "--checkpoint", str(work / "last.pt"), "--data", str(data), "--out", str(bundle_dir),
+                     "--target-frr", "0.25", "--pixel-fpr", "0.05", "--no-progress"]) == 0
+    common = ["--data", str(data), "--budget-bits", "8", "--qat-steps", "0", "--probe-images", "2",
+              "--calibration-images", "4", "--hessian-samples", "0", "--threads", "1", "--no-progress"]
+    assert cli.main(["calibrate", "--model", str(bundle_dir), "--out", str(tmp_path / "hqs"), *common]) == 0
+    assert "the FP32 bundle's target rates: false-reject 0.25" in capsys.readouterr().out
+    manifest = load_bundle(tmp_path / "hqs").manifest
+    thresholds = manifest.thresholds
+    assert (thresholds.target_false_reject_rate, thresholds.target_pixel_false_positive_rate) == (0.25, 0.05)
+    # the quantized model's own held-back scores: about a quarter of them at or above the image threshold
+    assert manifest.score.image.quantiles["0.5"] < thresholds.image <= manifest.score.image.max
+    assert cli.main(["calibrate", "--model", str(bundle_dir), "--out", str(tmp_path / "hqs2"), "--target-frr", "0.02",
+                     *common]) == 0
+    again = load_bundle(tmp_path / "hqs2").manifest.thresholds
+    assert (again.target_false_reject_rate, again.target_pixel_false_positive_rate) == (0.02, 0.001)
+
+
+def test_threshold_policy_of_a_bundle_that_has_no_quantile_thresholds(tmp_path):
+    """F1 thresholds from a labelled set cannot carry over to the quantized model: the default rates, said aloud."""
+    from edge_inspector.bundle.manifest import Thresholds
+    from edge_inspector.bundle.thresholds import ThresholdPolicy
+    from edge_inspector.workflows.calibrate import threshold_policy
+
+    f1 = Thresholds(image=1.0, image_method="f1", pixel=1.0, pixel_method="f1")
+    assert ThresholdPolicy.of(f1) is None
+    old = Thresholds(image=1.0, target_false_reject_rate=0.05, pixel=1.0)  # written before the pixel rate was recorded
+    assert ThresholdPolicy.of(old) == ThresholdPolicy(0.05, ThresholdPolicy().pixel_false_positive_rate)
+    policy, source = threshold_policy(None, None)
+    assert policy == ThresholdPolicy() and "no FP32 bundle" in source
+    hand_set = make_tiny_bundle(tmp_path / "manual")  # thresholds set by hand
+    policy, source = threshold_policy(hand_set.path, None)
+    assert policy == ThresholdPolicy() and "manual / manual, which do not carry over" in source
+    given = ThresholdPolicy(0.1, 0.01)
+    assert threshold_policy(None, given)[0] == given
 
 
 def test_calibrate_refuses_a_missing_model(tmp_path, capsys):

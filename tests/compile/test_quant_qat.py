@@ -16,7 +16,7 @@ from edge_inspector.quantization.units import (
     set_mode,
     wrap_units,
 )
-from edge_inspector.training.scoring import AnomalyScorer
+from edge_inspector.model.scorer import AnomalyScorer
 
 OVERRIDES = ["model.width=64", "model.height=64", "model.layers=[stage2]", "model.widths=[32,32,16]",
              "model.heads=[2,2]", "model.kernels=[3,3]"]

@@ -17,7 +17,8 @@ from edge_inspector.quantization.sensitivity import (
     measure_signals,
 )
 from edge_inspector.quantization.units import discover_units, fold_batchnorm, set_mode, unused_convs, wrap_units
-from edge_inspector.training.scoring import AnomalyScorer, fit_normal_statistics
+from edge_inspector.model.normal_stats import fit_normal_statistics
+from edge_inspector.model.scorer import AnomalyScorer
 
 
 @pytest.fixture(autouse=True)

@@ -7,13 +7,8 @@ import pytest
 import torch
 
 from edge_inspector.model.blur import gaussian_kernel
-from edge_inspector.training.scoring import (
-    AnomalyScorer,
-    aggregate,
-    fit_normal_statistics,
-    run_scorer,
-    topk_count,
-)
+from edge_inspector.model.normal_stats import fit_normal_statistics
+from edge_inspector.model.scorer import AnomalyScorer, aggregate, run_scorer, topk_count
 from tests.compile.stand_in_model import StandInModel
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""From a trained HaloAE to what ships: raw anomaly map and image score, plus normal statistics.
+"""The model that ships: a trained HaloAE wrapped into the raw anomaly map and image score (``AnomalyScorer``).
 
 ``AnomalyScorer`` is the module that gets exported to ONNX::
 
@@ -7,9 +7,11 @@
         location:       the location head's per-cell Mahalanobis distance (model/location.py)
         fused:          both, each standardised by its mean/std on held-back good images, summed
       -> Gaussian blur (fixed depthwise conv, export-friendly) -> bilinear upsample to (H, W)
-      -> anomaly_map (B, 1, H, W) and score (B,) = mean (paper) | max | top-k mean of the map
+      -> ScorerOutput(anomaly_map (B, 1, H, W), score (B,)) with score = mean (paper) | max | top-k mean of the map
 
-Every normal statistic (mean map, fusion standardisation) comes from held-back TRAINING images, never test images.
+``ScorerOutput`` is the contract between the model, the exporter and the bundle: its field names are the ONNX
+graph's output names (and the manifest's ``outputs``), so they cannot drift apart. Every normal statistic (mean
+map, fusion standardisation; ``model/normal_stats.py``) comes from held-back TRAINING images, never test images.
 The score is aggregated from the upsampled map, so a score recomputed from the shipped map (``aggregate``) is the
 same number the graph gives.
 """
@@ -17,19 +19,30 @@ same number the graph gives.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from edge_inspector.bundle.manifest import ScoreStats
 from edge_inspector.model.blur import blur, gaussian_kernel, upsample_bilinear
+
+INPUT_NAME = "image"
+"""The graph's input: uint8 (1, H, W, 3) RGB at the model size (normalisation is inside the graph)."""
+
+
+class ScorerOutput(NamedTuple):
+    """What the scorer returns; the field names are the exported graph's output names, in this order."""
+
+    anomaly_map: torch.Tensor
+    """(B, 1, H, W) float32 raw anomaly map at the model input size."""
+    score: torch.Tensor
+    """(B,) float32 raw image score."""
+
 
 AGGREGATIONS = ("mean", "max", "topk")
 SCORING_HEADS = ("reconstruction", "location", "fused")
-STAT_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
 
 
 def topk_count(height: int, width: int, fraction: float) -> int:
@@ -131,32 +144,29 @@ class AnomalyScorer(nn.Module):
         # unsorted: the mean needs no order, and ONNX Runtime's TopK skips its final sort (~15% of the op)
         return torch.topk(flat, k, dim=1, sorted=False).values.mean(dim=1)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (B, H, W, 3) RGB -> (anomaly_map (B, 1, H, W) float32, score (B,) float32)."""
+    def forward(self, images: torch.Tensor) -> ScorerOutput:
+        """uint8 (B, H, W, 3) RGB -> ScorerOutput(anomaly_map (B, 1, H, W) float32, score (B,) float32)."""
         anomaly_map = self.refine(self.raw_maps(images))
-        return anomaly_map, self.score(anomaly_map)
+        return ScorerOutput(anomaly_map, self.score(anomaly_map))
 
 
-@dataclass
-class NormalStatistics:
-    """What the holdout of normal training images says about normal scores."""
+def make_scorer(model: nn.Module, preset, head: str | None = None) -> AnomalyScorer:
+    """An ``AnomalyScorer`` for ``model`` with the input size and score settings of ``preset`` (a model Preset).
 
-    image: ScoreStats
-    pixel: ScoreStats
-    image_scores: np.ndarray
-    pixel_sample: np.ndarray
-    """Up to ~1M map values (a strided sample) for pixel thresholds."""
-
-
-def score_stats(values: np.ndarray) -> ScoreStats:
-    v = np.asarray(values, np.float64).ravel()
-    return ScoreStats(
-        n=int(v.size),
-        mean=float(v.mean()),
-        std=float(v.std()),
-        min=float(v.min()),
-        max=float(v.max()),
-        quantiles={str(q): float(np.quantile(v, q)) for q in STAT_QUANTILES},
+    ``head`` overrides ``preset.score.head``; 'auto' is not a head a scorer can run (``choose_head`` resolves it).
+    """
+    head = head or preset.score.head
+    if head == "auto":
+        raise ValueError("score.head 'auto' is resolved by choose_head on held-back images before a scorer is built")
+    return AnomalyScorer(
+        model,
+        preset.model.height,
+        preset.model.width,
+        preset.score.aggregation,
+        preset.score.topk_fraction,
+        preset.score.blur_sigma,
+        head,
+        preset.score.fused_weight,
     )
 
 
@@ -188,53 +198,3 @@ def raw_maps_of(
         for head, value in scorer.raw_maps(batch, heads).items():
             parts[head].append(value)
     return {head: torch.cat(values) for head, values in parts.items()}
-
-
-def fit_scorer_statistics(scorer: AnomalyScorer, raw: dict[str, torch.Tensor]) -> None:
-    """Set the normal mean map and the fusion standardisation from raw maps of held-back normal images."""
-    if "reconstruction" in raw:
-        scorer.mean_map = raw["reconstruction"].mean(dim=0, keepdim=True)
-    if "reconstruction" in raw and "location" in raw:
-        residual = torch.abs(raw["reconstruction"] - scorer.mean_map)
-        loc = raw["location"]
-        scorer.fusion_stats = torch.stack([residual.mean(), residual.std().clamp_min(1e-12),
-                                           loc.mean(), loc.std().clamp_min(1e-12)])
-
-
-@torch.no_grad()
-def fit_normal_statistics(
-    scorer: AnomalyScorer, holdout: np.ndarray, batch_size: int = 8, progress: bool = False
-) -> NormalStatistics:
-    """Fit the scorer's normal statistics on held-back normal training images and measure their score distribution.
-
-    Args:
-        holdout: uint8 (N, H, W, 3) normal images that were NOT used for fitting (never test images).
-    """
-    if len(holdout) == 0:
-        raise ValueError("normal statistics need at least one held-back training image")
-    fit_scorer_statistics(scorer, raw_maps_of(scorer, holdout, heads_needed(scorer.head), batch_size, progress,
-                                              "normal map"))
-    maps, scores = run_scorer(scorer, holdout, batch_size, progress, "normal stats")
-    stride = max(1, maps.size // 1_000_000)
-    pixel_sample = maps.ravel()[::stride].copy()
-    return NormalStatistics(score_stats(scores), score_stats(maps), scores, pixel_sample)
-
-
-def make_scorer(model: nn.Module, preset, head: str | None = None) -> AnomalyScorer:
-    """An ``AnomalyScorer`` for ``model`` with the input size and score settings of ``preset`` (a model Preset).
-
-    ``head`` overrides ``preset.score.head``; 'auto' is not a head a scorer can run (``choose_head`` resolves it).
-    """
-    head = head or preset.score.head
-    if head == "auto":
-        raise ValueError("score.head 'auto' is resolved by choose_head on held-back images before a scorer is built")
-    return AnomalyScorer(
-        model,
-        preset.model.height,
-        preset.model.width,
-        preset.score.aggregation,
-        preset.score.topk_fraction,
-        preset.score.blur_sigma,
-        head,
-        preset.score.fused_weight,
-    )

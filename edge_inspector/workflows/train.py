@@ -1,0 +1,110 @@
+"""Train: good images -> a trained HaloAE -> an FP32 model bundle.
+
+Fits HaloAE on ``train/good`` minus a seeded holdout slice, takes normal statistics and thresholds from that
+holdout, exports the bundle (ONNX + manifest + calibration images) and checks ONNX Runtime against torch.
+Checkpoints go to a work folder beside the bundle (not into it: the bundle is what ships); an interrupted run
+resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_inspector.bundle.store import Bundle
+from edge_inspector.bundle.thresholds import ThresholdPolicy
+from edge_inspector.data.folders import Category, holdout_split, load_images, scan_category
+from edge_inspector.errors import ConfigError
+from edge_inspector.log import kv
+from edge_inspector.model.haloae import build_model
+from edge_inspector.model.presets import load_preset
+from edge_inspector.training.trainer import FitReport, fit
+from edge_inspector.workflows.export import ExportResult, export_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What ``train`` produced."""
+
+    fit: FitReport
+    """The training run: epochs, steps, last losses, the checkpoint."""
+    export: ExportResult
+    """The bundle written from the trained model, its parity check and normal statistics."""
+    data: str
+    """Which images were used: the category, how many fitted and held back, the preset and input size."""
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.export.bundle
+
+    def summary(self) -> str:
+        """What was trained and written, in a few lines for a person."""
+        report = self.fit
+        resumed = f" (resumed at epoch {report.resumed_from_epoch})" if report.resumed_from_epoch else ""
+        losses = " ".join(f"{k} {v:.4f}" for k, v in report.losses.items())
+        return "\n".join([
+            f"data        {self.data}",
+            f"trained     {report.epochs_run} of {report.epochs_total} epochs{resumed}, {report.steps} steps in "
+            f"{report.duration_s:.0f} s; last epoch {losses}; checkpoint {report.checkpoint}",
+            self.export.summary(),
+        ])
+
+
+def default_work_dir(out: str | Path) -> Path:
+    """``<out>.work`` beside the bundle: where ``train`` keeps checkpoints and ``calibrate`` looks for them."""
+    out = Path(out)
+    return out.with_name(out.name + ".work")
+
+
+def train(
+    data: str | Path,
+    out: str | Path,
+    preset: str = "haloae-lite",
+    overrides: Sequence[str] = (),
+    *,
+    work_dir: str | Path | None = None,
+    resume: bool = False,
+    thresholds: ThresholdPolicy = ThresholdPolicy(),
+    max_images: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train HaloAE on the good images of ``data`` and write the FP32 bundle to ``out``.
+
+    Args:
+        data: MVTec-layout category folder (``<cat>/train/good`` ...).
+        out: model bundle folder to write.
+        preset: built-in preset name (``haloae-lite``, ``haloae-paper``) or a YAML path.
+        overrides: ``key=value`` preset overrides, e.g. ``train.epochs=5``.
+        work_dir: checkpoints and training state (default ``<out>.work`` beside the bundle).
+        resume: continue an interrupted run from its last checkpoint.
+        thresholds: target false-reject and pixel false-positive rates on the held-back good images.
+        max_images: use only the first N training images (sorted names; for quick checks).
+        progress: show progress bars.
+
+    Raises:
+        ConfigError: a malformed override or a bad preset value.
+        DataError: the data folder or its holdout split is unusable.
+    """
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"unexpected argument(s) {bad}: overrides are key=value, e.g. train.epochs=5")
+    chosen = load_preset(preset, list(overrides))
+    category = scan_category(data)
+    if max_images:
+        category = Category(category.root, category.train[:max_images], category.test)
+    spec = chosen.model
+    fit_paths, holdout_paths = holdout_split(category, chosen.train)
+    used = (f"{category.root}: {len(fit_paths)} images to fit, {len(holdout_paths)} held back; "
+            f"preset {chosen.name}, {spec.width}x{spec.height}, attention {spec.attention}")
+    log.info("training data", extra=kv(data=used))
+    images = load_images(fit_paths, spec.width, spec.height, spec.resize, progress=progress, desc="training images")
+    model = build_model(spec)
+    work = Path(work_dir) if work_dir else default_work_dir(out)
+    report = fit(model, images, chosen.train, work, resume=resume, progress=progress, preset=chosen)
+    exported = export_model(model, chosen, category, out, thresholds, epochs=report.epochs_total,
+                            duration_s=report.duration_s, progress=progress)
+    return TrainResult(report, exported, used)
