@@ -1,7 +1,9 @@
 """TensorRT plan side-cars: what a plan was built for, and whether it fits this machine.
 
 A TensorRT plan only runs on the GPU model and the exact TensorRT version that built it, and only means something for
-the ONNX graph it was built from. Each plan in a bundle's ``plans/`` folder therefore has a JSON side-car with the
+the ONNX graph it was built from. The GPU model is more than its name: the CUDA driver calls every Jetson Orin module
+'Orin' (AGX, NX and Nano alike), so the side-car also records the SM count, the memory and, where the board has one,
+``/proc/device-tree/model``; a plan tuned on a 16-SM AGX Orin is refused on an 8-SM Orin Nano. Each plan in a bundle's ``plans/`` folder therefore has a JSON side-car with the
 same stem (``orin-trt10.3.0.30.plan`` + ``orin-trt10.3.0.30.json``). The plan file itself stays a plain TensorRT
 plan (no header glued in front), so ``trtexec --loadEngine`` still reads it.
 
@@ -10,6 +12,7 @@ This module is stdlib only: the ONNX Runtime-only line and the tests use it with
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import re
@@ -19,7 +22,10 @@ from typing import Any, Literal
 
 from edge_inspector.errors import BundleError, EngineError, MissingDependencyError, PlanMismatchError
 
-SIDECAR_FORMAT = 1
+SIDECAR_FORMAT = 2
+"""2: module identity (SM count, memory, board model) and TensorRT's per-layer engine information."""
+MEMORY_TOLERANCE = 0.10
+"""Relative difference in reported GPU memory still taken as the same module (carve-outs vary between releases)."""
 PLAN_SUFFIX = ".plan"
 SIDECAR_SUFFIX = ".json"
 
@@ -34,13 +40,20 @@ class DeviceInfo:
     """'major.minor', e.g. '8.7'."""
     tensorrt_version: str | None = None
     """``tensorrt.__version__``, e.g. '10.3.0.30'."""
+    sm_count: int | None = None
+    """Streaming multiprocessors (16 on an AGX Orin 64 GB, 8 on an Orin Nano 8 GB)."""
+    total_memory_mb: int | None = None
+    module_model: str = ""
+    """``/proc/device-tree/model`` (e.g. 'NVIDIA Jetson AGX Orin Developer Kit'); '' where there is none."""
+    gpu_problem: str | None = None
+    """Why no GPU was found (pycuda missing, no driver, no device), when ``gpu_name`` is None."""
 
     def unavailable_reason(self) -> str | None:
         """Why TensorRT cannot run here, or None when it can."""
         if not self.tensorrt_version:
             return "TensorRT not installed"
         if not self.gpu_name:
-            return "no NVIDIA GPU found (needs the NVIDIA driver and pycuda)"
+            return self.gpu_problem or "no NVIDIA GPU found"
         return None
 
 
@@ -56,6 +69,10 @@ class PlanSidecar:
     """sha256 of the bundle's ONNX graph (before FP16 preparation) the plan was built from."""
     gpu_name: str
     compute_capability: str
+    sm_count: int
+    total_memory_mb: int
+    module_model: str
+    """``/proc/device-tree/model`` of the board that built the plan ('' where there is none)."""
     tensorrt_version: str
     edge_inspector_version: str
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -64,6 +81,10 @@ class PlanSidecar:
     """Node names left in FP32 when the float parts were converted to FP16."""
     build_options: dict[str, Any] = field(default_factory=dict)
     build_timings_s: dict[str, float] = field(default_factory=dict)
+    engine_layers: list[dict[str, Any]] = field(default_factory=list)
+    """Per engine layer: name, type, precision, tactic, as TensorRT's engine inspector reports them after the build."""
+    precision_summary: dict[str, Any] = field(default_factory=dict)
+    """Convolutions per precision (INT8 / FP16 / FP32), unfused Q/DQ layers: see ``engines.trt_layers``."""
     parity: dict[str, Any] = field(default_factory=dict)
     """Parity and latency summary against ONNX Runtime, filled in after the build (empty when skipped)."""
     format: int = SIDECAR_FORMAT
@@ -89,8 +110,9 @@ class PlanSidecar:
         if missing:
             raise BundleError(f"{origin}: side-car is missing {missing}")
         wrong = [f.name for f in fields(cls) if f.type == "str" and not isinstance(data.get(f.name, ""), str)]
+        wrong += [f.name for f in fields(cls) if f.type == "int" and type(data.get(f.name, 0)) is not int]
         if wrong:
-            raise BundleError(f"{origin}: side-car fields {wrong} must be strings")
+            raise BundleError(f"{origin}: side-car fields {wrong} have the wrong type (strings / integers expected)")
         return cls(**data)
 
 
@@ -170,10 +192,17 @@ def plan_differences(sidecar: PlanSidecar, device: DeviceInfo, onnx_sha256: str)
     diffs = []
     if sidecar.gpu_name != device.gpu_name:
         diffs.append(f"GPU: plan built on '{sidecar.gpu_name}', this machine has '{device.gpu_name}'")
+    if sidecar.module_model != device.module_model:
+        diffs.append(f"board: plan built on '{sidecar.module_model}', this one is '{device.module_model}'")
     if sidecar.compute_capability != device.compute_capability:
         diffs.append(
             f"compute capability: plan {sidecar.compute_capability}, this GPU {device.compute_capability}"
         )
+    if sidecar.sm_count != device.sm_count:
+        diffs.append(f"SM count: plan built on {sidecar.sm_count} SMs, this GPU has {device.sm_count}")
+    here_mb = device.total_memory_mb or 0
+    if abs(here_mb - sidecar.total_memory_mb) > MEMORY_TOLERANCE * max(sidecar.total_memory_mb, 1):
+        diffs.append(f"GPU memory: plan built with {sidecar.total_memory_mb} MiB, this GPU has {here_mb} MiB")
     if sidecar.tensorrt_version != device.tensorrt_version:
         diffs.append(
             f"TensorRT: plan built with {sidecar.tensorrt_version}, installed {device.tensorrt_version}"
@@ -200,7 +229,7 @@ def check_plan_matches(
         onnx_sha256: sha256 of the bundle's ONNX graph.
         bundle_dir: used only to print a ready-to-run rebuild command.
     """
-    here = DeviceInfo(device.gpu_name, device.compute_capability, trt_version)
+    here = dataclasses.replace(device, tensorrt_version=trt_version)
     diffs = plan_differences(sidecar, here, onnx_sha256)
     if diffs:
         raise PlanMismatchError(
@@ -258,7 +287,7 @@ def choose_backend(
         why = "no plan fits: " + " | ".join(rejected) + f" (rebuild with: {rebuild_command(bundle_dir)})"
     if requested == "tensorrt":
         if missing == "TensorRT not installed":
-            raise MissingDependencyError("tensorrt", "tensorrt")
+            raise MissingDependencyError.for_gpu("tensorrt")
         if missing is not None:
             raise EngineError(f"backend 'tensorrt' requested but {missing}; use engine.backend=auto or onnxruntime")
         raise PlanMismatchError(f"backend 'tensorrt' requested but {why}")

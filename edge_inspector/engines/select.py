@@ -18,7 +18,8 @@ def open_engine(bundle: Bundle, settings: EngineSettings) -> Engine:
 
     Raises:
         BundleError: the bundle does not match its graph.
-        EngineError: the requested backend is not available here.
+        EngineError: the requested backend is not available here, or 'tensorrt' failed to open or warm up
+            ('auto' falls back to ONNX Runtime instead and logs why).
         PlanMismatchError / MissingDependencyError: 'tensorrt' requested without a fitting plan / without TensorRT.
     """
     backend = settings.backend
@@ -34,15 +35,20 @@ def open_engine(bundle: Bundle, settings: EngineSettings) -> Engine:
     if choice.backend == "tensorrt":
         try:
             engine = TrtEngine(bundle, choice.plan)
-        except EdgeInspectorError as exc:
+            if settings.warmup_runs:  # the first inferences are where a plan that loads can still fail
+                engine.warmup(settings.warmup_runs)
+        except EdgeInspectorError as exc:  # TrtEngine turns every TensorRT / CUDA failure into one of these
+            if engine is not None:
+                engine.close()
             if backend == "tensorrt":
                 raise
             # auto: a line that can run on the CPU should run, and say loudly why it is not on the GPU.
             log.warning("tensorrt engine failed, using onnxruntime", extra=kv(plan=str(choice.plan), error=str(exc)))
             choice = BackendChoice("onnxruntime", None, f"ONNX Runtime: TensorRT plan {choice.plan} failed: {exc}")
+            engine = None
     if engine is None:
         engine = OrtEngine(bundle, settings)
+        if settings.warmup_runs:
+            engine.warmup(settings.warmup_runs)
     log.info("engine selected", extra=kv(requested=backend, backend=engine.name, reason=choice.reason))
-    if settings.warmup_runs:
-        engine.warmup(settings.warmup_runs)
     return engine

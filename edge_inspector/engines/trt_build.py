@@ -4,7 +4,9 @@ The recipe works on TensorRT 10.x (JetPack 6) and 11.x (desktop, JetPack >= 7.2.
 graph (Q/DQ + FP16 float parts, see ``trt_prep``), the network is strongly typed, and nothing uses calibrators or
 precision builder flags (TensorRT 11 removed them). Then: ``OnnxParser`` with every parser error reported, a
 workspace limit, one optimisation profile, a persistent timing cache, ``build_serialized_network``, and a plan with
-its JSON side-car in ``<bundle>/plans/``.
+its JSON side-car in ``<bundle>/plans/``. The side-car records the module the plan was built on and TensorRT's own
+per-layer description of the engine (precision and tactic per layer, see ``trt_layers``): the proof that the INT8
+convolutions run as INT8 kernels, with a warning when Q/DQ nodes were not fused.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import onnx
 from tqdm import tqdm
 
 from edge_inspector import __version__
 from edge_inspector.bundle.plans import PlanSidecar, default_plan_name, gpu_slug, write_sidecar
 from edge_inspector.bundle.store import Bundle, sha256_file
+from edge_inspector.engines import trt_layers
 from edge_inspector.engines.fp16_check import verify_prepared
 from edge_inspector.engines.trt_prep import DEFAULT_FP32_OP_TYPES, PreparationReport, prepare_bundle_graph
 from edge_inspector.engines.trt_run import load_tensorrt, make_logger, probe_device
@@ -36,7 +40,8 @@ class BuildOptions:
     workspace_mb: int = 1024
     """Largest scratch memory a layer may use (TensorRT's WORKSPACE pool)."""
     batch: int = 1
-    """Largest (and optimal) batch of the optimisation profile; > 1 needs a graph exported with a dynamic batch."""
+    """Largest batch the plan accepts; > 1 needs a graph exported with a dynamic batch. Tactics are always tuned for
+    batch 1, the batch the line runs."""
     timing_cache: Path | None = None
     """Persistent timing cache; default ``<bundle>/plans/<gpu>-trt<version>.timing-cache``."""
     out: Path | None = None
@@ -61,6 +66,8 @@ class BuildResult:
     preparation: PreparationReport
     fp16_check: dict = field(default_factory=dict)
     """Parity of the FP16-prepared graph against the original, both in ONNX Runtime (empty when skipped)."""
+    warnings: list[str] = field(default_factory=list)
+    """INT8 that did not happen (unfused Q/DQ, quantized convolutions running in FP16)."""
 
 
 def _progress_monitor(trt):
@@ -94,7 +101,8 @@ def _progress_monitor(trt):
 
 
 def _profile_shapes(network, batch: int) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """(min, opt, max) per network input: the batch dimension may be dynamic, nothing else may."""
+    """(min, opt, max) per network input: the batch dimension may be dynamic, nothing else may. ``opt`` is batch 1,
+    the batch ``TrtEngine`` runs; ``batch`` only raises the maximum."""
     shapes = {}
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -107,11 +115,46 @@ def _profile_shapes(network, batch: int) -> dict[str, tuple[tuple[int, ...], tup
                 "with a dynamic batch dimension"
             )
         rest = shape[1:]
-        shapes[tensor.name] = ((1, *rest) if shape[0] < 0 else shape, (batch, *rest), (batch, *rest))
+        shapes[tensor.name] = ((1, *rest), (1, *rest), (batch, *rest)) if shape[0] < 0 else (shape, shape, shape)
     return shapes
 
 
+def _set_profile(builder, config, shapes: dict) -> None:
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in shapes.items():
+        profile.set_shape(name, low, opt, high)
+    if config.add_optimization_profile(profile) < 0:
+        raise EngineError(f"TensorRT refused the optimisation profile {shapes} (see its log above)")
+
+
+def _set_timing_cache(config, cache_path: Path) -> None:
+    """Use the persistent cache at ``cache_path``; one that TensorRT refuses (another version or GPU, corrupt) is
+    replaced by a fresh one with a warning, since the cache only saves build time."""
+    if cache_path.is_file():
+        cache = config.create_timing_cache(cache_path.read_bytes())
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return
+        log.warning("timing cache not usable here, starting a fresh one", extra=kv(cache=str(cache_path)))
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise EngineError("TensorRT could not create an empty timing cache (see its log above)")
+
+
+def _inspect_engine(trt, logger, serialized) -> tuple[list[trt_layers.EngineLayer], int | None]:
+    """TensorRT's per-layer description of the built engine and its activation memory in bytes."""
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(serialized)
+    if engine is None:
+        raise EngineError("TensorRT built a plan it cannot load back: " + " | ".join(logger.errors[-3:]))
+    info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    memory = getattr(engine, "device_memory_size_v2", None)  # TensorRT >= 10.1; 11 dropped the unversioned one
+    if memory is None:
+        memory = getattr(engine, "device_memory_size", None)
+    return trt_layers.parse_engine_information(info), memory
+
+
 def _build_serialized(trt, onnx_path: Path, options: BuildOptions, cache_path: Path, timings: dict) -> tuple[bytes, dict]:
+    """Parse, configure and build; returns the plan and what the side-car records about the build."""
     logger = make_logger(trt)
     builder = trt.Builder(logger)
     # TensorRT 11 is always strongly typed and ignores the flag; 10.x needs it.
@@ -128,13 +171,10 @@ def _build_serialized(trt, onnx_path: Path, options: BuildOptions, cache_path: P
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # per-layer precision and tactic in the inspector
     shapes = _profile_shapes(network, options.batch)
-    profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in shapes.items():
-        profile.set_shape(name, low, opt, high)
-    config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    _set_profile(builder, config, shapes)
+    _set_timing_cache(config, cache_path)
     if options.progress and hasattr(trt, "IProgressMonitor"):
         config.progress_monitor = _progress_monitor(trt)
 
@@ -145,8 +185,13 @@ def _build_serialized(trt, onnx_path: Path, options: BuildOptions, cache_path: P
         raise EngineError("TensorRT could not build the engine: " + " | ".join(logger.errors or ["see the log above"]))
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     cache_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
-    profile_info = {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for name, s in shapes.items()}
-    return bytes(memoryview(serialized)), profile_info
+    layers, memory = _inspect_engine(trt, logger, serialized)
+    built = {
+        "profile": {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for name, s in shapes.items()},
+        "activation_memory_mb": None if memory is None else round(memory / (1 << 20), 1),
+        "layers": layers,
+    }
+    return bytes(memoryview(serialized)), built
 
 
 def build_engine(bundle: Bundle, options: BuildOptions | None = None) -> BuildResult:
@@ -162,7 +207,7 @@ def build_engine(bundle: Bundle, options: BuildOptions | None = None) -> BuildRe
     trt = load_tensorrt()
     device = probe_device()
     if device.gpu_name is None:
-        raise EngineError("no NVIDIA GPU found: build-engine must run on the device that will run the plan")
+        raise EngineError(f"{device.unavailable_reason()}: build-engine must run on the device that will run the plan")
     plan_path = Path(options.out or bundle.plans_dir / default_plan_name(device.gpu_name, trt.__version__))
     cache_path = Path(
         options.timing_cache or bundle.plans_dir / f"{gpu_slug(device.gpu_name)}-trt{trt.__version__}.timing-cache"
@@ -186,7 +231,14 @@ def build_engine(bundle: Bundle, options: BuildOptions | None = None) -> BuildRe
                     "the FP16-prepared graph already drifts beyond the manifest tolerance in ONNX Runtime, before "
                     "TensorRT; pin the sensitive nodes FP32 (quantization.keep_fp32_nodes):\n" + report.summary()
                 )
-        plan_bytes, profile = _build_serialized(trt, prepared_path, options, cache_path, timings)
+        plan_bytes, built = _build_serialized(trt, prepared_path, options, cache_path, timings)
+        prepared = onnx.load(str(prepared_path))
+    summary = trt_layers.summarize(
+        built["layers"], trt_layers.qdq_node_names(prepared), trt_layers.quantized_convolutions(prepared)
+    )
+    warnings = trt_layers.summary_warnings(summary)
+    for warning in warnings:
+        log.warning(warning)
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     plan_path.write_bytes(plan_bytes)
     timings["total_s"] = round(time.perf_counter() - total, 3)
@@ -198,6 +250,9 @@ def build_engine(bundle: Bundle, options: BuildOptions | None = None) -> BuildRe
         onnx_sha256=manifest.graph.sha256,
         gpu_name=device.gpu_name,
         compute_capability=device.compute_capability or "",
+        sm_count=device.sm_count or 0,
+        total_memory_mb=device.total_memory_mb or 0,
+        module_model=device.module_model,
         tensorrt_version=trt.__version__,
         edge_inspector_version=__version__,
         bit_plan=dict(manifest.quantization.bit_plan),
@@ -206,12 +261,15 @@ def build_engine(bundle: Bundle, options: BuildOptions | None = None) -> BuildRe
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
             "timing_cache": str(cache_path),
             "strongly_typed": True,
-            "profile": profile,
+            "profile": built["profile"],
+            "activation_memory_mb": built["activation_memory_mb"],
             "preparation": preparation.to_dict(),
             "fp16_check": fp16_check,
         },
         build_timings_s=timings,
+        engine_layers=[layer.to_dict() for layer in built["layers"]],
+        precision_summary=summary,
     )
     sidecar_file = write_sidecar(plan_path, sidecar)
     log.info("tensorrt plan built", extra=kv(plan=str(plan_path), **timings))
-    return BuildResult(plan_path, sidecar_file, sidecar, preparation, fp16_check)
+    return BuildResult(plan_path, sidecar_file, sidecar, preparation, fp16_check, warnings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,13 +23,15 @@ from edge_inspector.bundle.plans import (
 from edge_inspector.errors import BundleError, EngineError, MissingDependencyError, PlanMismatchError
 
 ONNX_SHA = "ab" * 32
-ORIN = DeviceInfo("Orin", "8.7", "10.3.0.30")
+AGX_BOARD = "NVIDIA Jetson AGX Orin Developer Kit"
+ORIN = DeviceInfo("Orin", "8.7", "10.3.0.30", sm_count=16, total_memory_mb=62841, module_model=AGX_BOARD)
 
 
 def _sidecar(**changes) -> PlanSidecar:
     values = dict(
         plan_file="orin-trt10.3.0.30.plan", plan_sha256="cd" * 32, model_id="tile-3f2a", onnx_sha256=ONNX_SHA,
-        gpu_name="Orin", compute_capability="8.7", tensorrt_version="10.3.0.30", edge_inspector_version="0.1.0",
+        gpu_name="Orin", compute_capability="8.7", sm_count=16, total_memory_mb=62841, module_model=AGX_BOARD,
+        tensorrt_version="10.3.0.30", edge_inspector_version="0.1.0",
         bit_plan={"enc.0": "w8a8", "dec.4": "keep"}, build_options={"workspace_mb": 1024, "batch": 1},
     )
     values.update(changes)
@@ -64,8 +67,9 @@ def test_sidecar_round_trip(tmp_path):
         ("{not json", "not valid JSON"),
         ("[1, 2]", "expected a JSON object"),
         (json.dumps({"format": 99}), "format 99"),
-        (json.dumps({"format": 1, "plan_file": "x.plan"}), "missing"),
-        (json.dumps({"format": 1, "surprise": 1}), "unknown side-car keys ['surprise']"),
+        (json.dumps({"format": 1, "plan_file": "x.plan"}), "format 1"),
+        (json.dumps({"format": 2, "plan_file": "x.plan"}), "missing"),
+        (json.dumps({"format": 2, "surprise": 1}), "unknown side-car keys ['surprise']"),
     ],
 )
 def test_bad_sidecar_is_refused_with_a_reason(tmp_path, content, message):
@@ -79,9 +83,32 @@ def test_wrongly_typed_field_is_refused(tmp_path):
     plan = _write_plan(tmp_path, "a.plan", None)
     data = json.loads(_sidecar().to_json())
     data["gpu_name"] = 42
+    data["sm_count"] = "16"
     sidecar_path(plan).write_text(json.dumps(data))
-    with pytest.raises(BundleError, match="gpu_name"):
+    with pytest.raises(BundleError, match=r"\['gpu_name', 'sm_count'\] have the wrong type"):
         read_sidecar(plan)
+
+
+ORIN_NANO = DeviceInfo("Orin", "8.7", "10.3.0.30", sm_count=8, total_memory_mb=7620,
+                       module_model="NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super")
+
+
+def test_a_plan_from_an_agx_orin_is_refused_on_an_orin_nano():
+    """The driver calls both 'Orin' with compute capability 8.7; the module identity tells them apart."""
+    with pytest.raises(PlanMismatchError) as info:
+        check_plan_matches(_sidecar(), ORIN_NANO, "10.3.0.30", ONNX_SHA)
+    text = str(info.value)
+    assert "board: plan built on 'NVIDIA Jetson AGX Orin Developer Kit', this one is 'NVIDIA Jetson Orin Nano" in text
+    assert "SM count: plan built on 16 SMs, this GPU has 8" in text
+    assert "GPU memory: plan built with 62841 MiB, this GPU has 7620 MiB" in text
+    assert "GPU:" not in text and "compute capability" not in text
+
+
+def test_memory_within_the_tolerance_is_the_same_module():
+    """Carve-outs move the reported memory a little between JetPack releases; that is still the same module."""
+    check_plan_matches(_sidecar(), dataclasses.replace(ORIN, total_memory_mb=62841 - 2000), "10.3.0.30", ONNX_SHA)
+    with pytest.raises(PlanMismatchError, match="GPU memory"):
+        check_plan_matches(_sidecar(), dataclasses.replace(ORIN, total_memory_mb=32000), "10.3.0.30", ONNX_SHA)
 
 
 def test_plan_without_sidecar_is_refused(tmp_path):
@@ -141,6 +168,9 @@ def test_auto_falls_back_to_onnxruntime_and_says_why(tmp_path):
 
     no_gpu = choose_backend("auto", [], DeviceInfo(tensorrt_version="10.3.0.30"), ONNX_SHA)
     assert "no NVIDIA GPU found" in no_gpu.reason
+    no_pycuda = choose_backend("auto", [], DeviceInfo(tensorrt_version="10.3", gpu_problem="pycuda not installed"),
+                               ONNX_SHA)
+    assert no_pycuda.reason == "ONNX Runtime: pycuda not installed"
 
     no_plan = choose_backend("auto", [], ORIN, ONNX_SHA, bundle_dir="models/tile")
     assert "no TensorRT plan in the bundle" in no_plan.reason
@@ -160,7 +190,7 @@ def test_onnxruntime_requested_ignores_plans(tmp_path):
 
 
 def test_tensorrt_requested_without_a_fit_is_a_clear_error(tmp_path):
-    with pytest.raises(MissingDependencyError, match=r"edge-inspector\[tensorrt\]"):
+    with pytest.raises(MissingDependencyError, match=r"edge-inspector\[tensorrt-cu12\]|JetPack"):
         choose_backend("tensorrt", [], DeviceInfo(), ONNX_SHA)
     with pytest.raises(EngineError, match="no NVIDIA GPU found"):
         choose_backend("tensorrt", [], DeviceInfo(tensorrt_version="10.3.0.30"), ONNX_SHA)

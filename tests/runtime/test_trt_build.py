@@ -46,6 +46,11 @@ def test_plan_and_sidecar_describe_the_build(qdq_build):
     assert sidecar.build_options["profile"]["image"] == {"min": [1, 32, 32, 3], "opt": [1, 32, 32, 3], "max": [1, 32, 32, 3]}
     assert sidecar.build_options["fp16_check"]["passed"] is True
     assert {"prepare_s", "parse_s", "build_s", "total_s"} <= set(sidecar.build_timings_s)
+    assert (sidecar.sm_count, sidecar.total_memory_mb) == (device.sm_count, device.total_memory_mb)
+    # conv1 has Q/DQ on its input and weights: TensorRT's own layer table must show it as an INT8 kernel.
+    assert sidecar.precision_summary["quantized_convolutions_in_graph"] == 1
+    assert sidecar.precision_summary["convolutions"].get("INT8") == 1, sidecar.engine_layers
+    assert all(layer["tactic"] for layer in sidecar.engine_layers if layer["convolution"])
     cache = Path(sidecar.build_options["timing_cache"])
     assert cache.parent == bundle.plans_dir and cache.is_file() and cache.stat().st_size > 0
 
@@ -80,7 +85,7 @@ def test_mismatched_sidecar_is_refused_before_deserialising(qdq_build, tmp_path)
     sidecar = read_sidecar(result.plan_path)
     sidecar.plan_file, sidecar.tensorrt_version = fake.name, "0.0.0"
     write_sidecar(fake, sidecar)
-    with pytest.raises(PlanMismatchError, match="TensorRT: plan built with 0.0.0.*build-engine --model"):
+    with pytest.raises(PlanMismatchError, match="(?s)TensorRT: plan built with 0.0.0.*build-engine --model"):
         TrtEngine(bundle, fake)
 
 

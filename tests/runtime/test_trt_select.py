@@ -46,7 +46,7 @@ def test_auto_without_tensorrt_runs_onnxruntime_and_says_why(tmp_path, selection
 @needs_no_tensorrt
 def test_tensorrt_requested_without_tensorrt_is_refused(tmp_path):
     bundle = make_conv_bundle(tmp_path / "b", qdq=True)
-    with pytest.raises(MissingDependencyError, match=r"edge-inspector\[tensorrt\]"):
+    with pytest.raises(MissingDependencyError, match=r"edge-inspector\[tensorrt-cu12\]"):
         open_engine(bundle, EngineSettings(backend="tensorrt"))
 
 
