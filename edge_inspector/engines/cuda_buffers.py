@@ -26,7 +26,7 @@ from edge_inspector.log import kv
 
 log = logging.getLogger(__name__)
 
-_primary_contexts: dict[tuple[int, int], object] = {}
+_primary_contexts: dict[int, object] = {}
 _primary_contexts_lock = threading.Lock()
 
 
@@ -53,14 +53,13 @@ def _cuda_errors(cuda, what: str) -> Iterator[None]:
 
 def _primary_context(cuda, device: int):
     """The primary context of ``device``, retained on first use (see the module docstring for why only once)."""
-    key = (id(cuda), device)
     with _primary_contexts_lock:
-        context = _primary_contexts.get(key)
+        context = _primary_contexts.get(device)
         if context is None:
             with _cuda_errors(cuda, f"opening CUDA device {device}"):
                 cuda.init()
                 context = cuda.Device(device).retain_primary_context()
-            _primary_contexts[key] = context
+            _primary_contexts[device] = context
         return context
 
 

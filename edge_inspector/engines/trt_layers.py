@@ -19,7 +19,8 @@ from typing import Any
 
 import onnx
 
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+from edge_inspector.engines.ort_rewrites import QDQ_OPS
+
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
 # (precision, words that name it in a 'Format/Datatype' text); uint8 before int8, which it contains.
 _PRECISION_WORDS = (

@@ -36,6 +36,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_inspector.bundle.store import Bundle
+from edge_inspector.engines import trt_rules
 from edge_inspector.engines.ort_rewrites import QDQ_OPS, fold_blocked_weight_dq, widen_int4_initializers
 from edge_inspector.errors import BundleError
 from edge_inspector.log import kv
@@ -302,7 +303,8 @@ def prepare_graph(
     """Return an FP16 copy of ``model`` for a strongly typed build, and what was done.
 
     Raises:
-        BundleError: a pinned node does not exist, or the graph boundary is not one TensorRT takes.
+        BundleError: a pinned node does not exist, the graph boundary is not one TensorRT takes, or the prepared
+            graph breaks a rule of TensorRT's ONNX parser (``trt_rules``).
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -310,14 +312,19 @@ def prepare_graph(
     source.CopyFrom(model)
     rewired = cast_uint8_inputs_first(source)
     check_tensorrt_boundary(source)
+    implied_uint8 = trt_rules.make_zero_points_explicit(source)  # before the unsigned-grid rewrite reads them
     qdq_rewrites = make_qdq_tensorrt_ready(source)
+    scale_fixes = trt_rules.fit_scales_to_fp16(source)
     names = {n.name for n in model.graph.node}
     unknown = sorted(set(keep_fp32_nodes) - names)
     if unknown:
         raise BundleError(f"the manifest pins FP32 on nodes the graph does not have: {unknown}")
     opset = default_opset(model)
     block_ops = set(keep_fp32_op_types)
-    warnings = []
+    warnings = list(scale_fixes.warnings)
+    if implied_uint8:
+        warnings.append(f"{implied_uint8} Q/DQ nodes had no zero point (ONNX: uint8 0, which TensorRT would read as "
+                        "int8): made explicit")
     if qdq_rewrites["unsigned_to_int8"]:
         warnings.append(
             f"{qdq_rewrites['unsigned_to_int8']} Q/DQ nodes on the unsigned activation grid (ReLU outputs) moved to "
@@ -332,19 +339,22 @@ def prepare_graph(
             f"opset {opset} < {FP16_SCALE_OPSET}: Q/DQ kept in FP32 behind Casts; export at opset >= "
             f"{FP16_SCALE_OPSET} so TensorRT can fuse them into INT8 kernels"
         )
-    pinned = sorted(n.name or n.op_type for n in source.graph.node if n.name in keep_fp32_nodes or n.op_type in block_ops)
+    fp32_names = {*keep_fp32_nodes, *scale_fixes.fp32_nodes}
+    pinned = sorted(n.name or n.op_type for n in source.graph.node if n.name in fp32_names or n.op_type in block_ops)
     nodes_before = len(source.graph.node)
     # The exporter's value_info would keep FP16 types on tensors the converter leaves FP32 around pinned nodes
     # (onnx.checker then refuses the graph: "Inferred elem type differs"); it is optional, shapes are re-inferred.
     del source.graph.value_info[:]
     try:
         prepared = convert_float_to_float16(
-            source, keep_io_types=True, op_block_list=sorted(block_ops), node_block_list=list(keep_fp32_nodes)
+            source, keep_io_types=True, op_block_list=sorted(block_ops),
+            node_block_list=[*keep_fp32_nodes, *scale_fixes.fp32_nodes],
         )
     except Exception as exc:  # the converter raises plain Exceptions/asserts on graphs it cannot type
         raise BundleError(f"FP16 conversion failed: {exc}") from exc
     topological_sort(prepared.graph)
     prepared.metadata_props.add(key=PREPARED_KEY, value="tensorrt-strongly-typed-fp16")
+    trt_rules.enforce(prepared)
     try:
         onnx.checker.check_model(prepared, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -366,7 +376,7 @@ def prepare_graph(
     )
     for warning in warnings:
         log.warning(warning)
-    log.info("graph prepared for TensorRT", extra=kv(casts=counts.get("Cast", 0), **report.to_dict()))
+    log.info("graph prepared for TensorRT", extra=kv(casts=counts.get("Cast", 0), **scale_fixes.counts, **report.to_dict()))
     return prepared, report
 
 
