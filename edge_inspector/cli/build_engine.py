@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-runs", type=int, default=200, help="timed cycles for the latency summary (each runs the plan and ONNX Runtime once)")
 
 
-def check(model: str | None) -> int:
+def print_gpu_report(model: str | None) -> int:
     """Print the GPU report; 0 when the TensorRT path (and every plan of ``model``) is usable here."""
     from edge_inspector.bundle.store import load_bundle
     from edge_inspector.engines.gpu_report import gpu_report
@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
     from edge_inspector.errors import ConfigError
 
     if args.check:
-        return check(args.model)
+        return print_gpu_report(args.model)
     if not args.model:
         raise ConfigError("build-engine needs --model <bundle folder> (or --check to only inspect this machine)")
     bundle = load_bundle(args.model)
