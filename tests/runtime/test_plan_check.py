@@ -40,7 +40,8 @@ def _plan(tmp_path, bundle) -> tuple:
     plan.write_bytes(b"stands for a serialized plan: only the side-car is read here")
     write_sidecar(plan, PlanSidecar(plan_file=plan.name, plan_sha256="cd" * 32, model_id=bundle.manifest.model_id,
                                     onnx_sha256=bundle.manifest.graph.sha256, gpu_name="gpu",
-                                    compute_capability="9.0", tensorrt_version="10.0", edge_inspector_version="0"))
+                                    compute_capability="9.0", sm_count=132, total_memory_mb=81559, module_model="",
+                                    tensorrt_version="10.0", edge_inspector_version="0"))
     return plan, sidecar_path(plan)
 
 
