@@ -42,14 +42,14 @@ from edge_inspector.engines.records import new_record, script_command, write_rec
 from edge_inspector.config import EngineSettings  # noqa: E402
 from edge_inspector.engines.latency import time_graphs  # noqa: E402
 from edge_inspector.engines.ort import load_session  # noqa: E402
-from edge_inspector.export.qdq import dedupe_initializers, narrow_index_initializers  # noqa: E402
+from edge_inspector.export.initializers import dedupe_initializers, narrow_index_initializers  # noqa: E402
 from edge_inspector.quantization.calibrate import (  # noqa: E402
     CalibrateOptions,
     prepare,
-    qdq_graph,
     refit_location,
     run_hqs,
 )
+from edge_inspector.quantization.qdq_bundle import qdq_graph  # noqa: E402
 from edge_inspector.data.synthetic import make_probe_set  # noqa: E402
 from edge_inspector.quantization.qat import QatOptions, finetune  # noqa: E402
 from edge_inspector.quantization.units import apply_plan, set_mode  # noqa: E402

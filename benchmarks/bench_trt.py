@@ -43,11 +43,13 @@ def untrained_lite_bundle(out: Path, n_images: int, qdq: bool):
     from edge_inspector.bundle.store import load_bundle, write_bundle
     from edge_inspector.bundle.thresholds import ThresholdPolicy
     from edge_inspector.export.onnx_export import export_bundle
-    from edge_inspector.export.qdq import conv_quant_from_module, insert_qdq
+    from edge_inspector.export.qdq import insert_qdq
     from edge_inspector.model.haloae import build_model
     from edge_inspector.model.presets import load_preset
     from edge_inspector.preprocess import to_model_input
+    from edge_inspector.model.batchnorm import fold_batchnorm
     from edge_inspector.quantization import units as qu
+    from edge_inspector.quantization.qdq_bundle import conv_quant_from_module
     from edge_inspector.model.normal_stats import fit_normal_statistics
     from edge_inspector.model.scorer import make_scorer
 
@@ -58,7 +60,7 @@ def untrained_lite_bundle(out: Path, n_images: int, qdq: bool):
     images = np.stack([to_model_input(cv2.imread(str(f)), preset.model.width, preset.model.height)[0] for f in files])
     if qdq:
         units = qu.discover_units(scorer, skip=("model.backbone", "model.image_head"))
-        qu.fold_batchnorm(scorer, torch.from_numpy(images[:1]))
+        fold_batchnorm(scorer, torch.from_numpy(images[:1]))
         qu.wrap_units(scorer, units)
         qu.set_mode(scorer, "calibrate")
         with torch.no_grad():

@@ -35,7 +35,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_inspector.engines.ort_rewrites import METADATA_DISABLED_OPTIMIZERS
 from edge_inspector.errors import ConfigError
-from edge_inspector.quantization.fakequant import BIAS_QMAX, QuantConv2d, qmax_for
 
 QDQ_OPSET = 21
 ORT_DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
@@ -58,12 +57,14 @@ UNSIGNED_ZERO_POINT = np.array(0, np.uint8)
 
 @dataclass
 class ConvQuant:
-    """What the QDQ graph needs for one conv, taken from its ``QuantConv2d`` wrapper.
+    """What the QDQ graph needs for one conv (``quantization.qdq_bundle.conv_quant_from_module`` reads it from a
+    calibrated ``QuantConv2d``).
 
     Attributes:
-        codes: integer weight codes (out, in/groups, kh, kw), within the symmetric grid of ``bits``.
+        codes: integer weight codes (out, in/groups, kh, kw), within ``[-qmax, qmax]``.
         weight_scale: per-output-channel scales, float32 (out,).
         bits: 4 or 8.
+        qmax: largest code of the symmetric weight grid the codes were rounded to.
         bias_codes: int32 bias codes on the grid ``input_scale * weight_scale``, or None.
         input_scale / output_scale: per-tensor 8-bit activation scales.
         input_unsigned / output_unsigned: that activation is on the unsigned grid (uint8, zero point 0).
@@ -73,6 +74,7 @@ class ConvQuant:
     codes: np.ndarray
     weight_scale: np.ndarray
     bits: int
+    qmax: int
     bias_codes: np.ndarray | None
     input_scale: float
     output_scale: float
@@ -80,31 +82,7 @@ class ConvQuant:
     input_unsigned: bool = False
     output_unsigned: bool = False
     input_shared: bool = False
-    """Every other reader of the conv's input reads its dequantized copy too (``units.SharedInputQuant``)."""
-
-
-def conv_quant_from_module(module: QuantConv2d) -> ConvQuant:
-    """Read the integer codes and scales a calibrated ``QuantConv2d`` uses in its forward."""
-    codes, w_scale, bias = module.quantized_params()
-    scales = module.act_scales()
-    w_scale_np = w_scale.detach().cpu().numpy().astype(np.float32)
-    bias_codes = None
-    if bias is not None:
-        grid = np.float32(scales.input) * w_scale_np
-        codes_f = np.round(bias.cpu().numpy().astype(np.float32) / grid)
-        bias_codes = np.clip(codes_f, -BIAS_QMAX, BIAS_QMAX).astype(np.int32)
-    return ConvQuant(
-        codes=codes.cpu().numpy().astype(np.int8),
-        weight_scale=w_scale_np,
-        bits=module.weight_bits,
-        bias_codes=bias_codes,
-        input_scale=scales.input,
-        output_scale=scales.output,
-        reference=module.conv.weight.detach().cpu().numpy(),
-        input_unsigned=scales.input_unsigned,
-        output_unsigned=scales.output_unsigned,
-        input_shared=module.shares_input_grid,
-    )
+    """Every other reader of the conv's input reads its dequantized copy too (``activation_grids.SharedInputQuant``)."""
 
 
 def _scalar(name: str, value: float) -> TensorProto:
@@ -143,15 +121,8 @@ def insert_qdq(
     out.CopyFrom(model)
     graph = out.graph
     inits = {t.name: t for t in graph.initializer}
-    by_weight: dict[str, str] = {}
-    for name in convs:
-        found = [w for w in (f"{name}.weight", f"{name}.conv.weight") if w in inits]
-        if not found:
-            raise ConfigError(f"conv '{name}' is not in the ONNX graph (no initializer {name}.weight)")
-        by_weight[found[0]] = name
-
-    new_nodes, new_inits, dropped = [], [], set()
-    seen = set()
+    by_weight = _conv_weights(convs, inits)
+    new_nodes, new_inits, dropped, seen = [], [], set(), set()
     # (tensor, scale, unsigned) -> name of its dequantized copy: a tensor already on that grid is not quantized again
     on_grid: dict[tuple[str, float, bool], str] = {}
     shared: dict[str, str] = {}  # float tensor -> its dequantized copy, which all its readers then read
@@ -163,35 +134,20 @@ def insert_qdq(
         name = by_weight[weight]
         seen.add(name)
         q = convs[name]
-        if check_reference and q.reference is not None:
-            current = numpy_helper.to_array(inits[weight])
-            if current.shape != q.reference.shape or not np.allclose(current, q.reference, rtol=1e-4, atol=1e-6):
-                raise ConfigError(
-                    f"conv '{name}': the graph's weight differs from the torch model's (not the same model, or a "
-                    "BatchNorm folded differently); export the FP32 graph from the model being quantized"
-                )
-        tag = node.name or name
-        dropped.add(weight)
-        if len(node.input) > 2 and node.input[2]:
-            dropped.add(node.input[2])
+        if check_reference:
+            _check_reference(name, q, inits[weight])
+        dropped.update(i for i in node.input[1:3] if i)  # the float weight and bias
         x = node.input[0]
-        pre, post, inits_ = _conv_qdq(node, tag, weight, q, small, on_grid, ACT_ZERO_POINTS[activations])
+        pre, post, inits_ = _conv_qdq(node, node.name or name, weight, q, small, on_grid, ACT_ZERO_POINTS[activations])
         new_nodes += pre + [node] + post
         new_inits += inits_
         if q.input_shared:
             shared[x] = node.input[0]
-    missing = set(convs) - seen
-    if missing:
-        raise ConfigError(f"convs not used by any Conv node: {sorted(missing)}")
-    for node in new_nodes:  # the readers of a shared input, except the Q that quantizes it
-        if node.op_type == "QuantizeLinear" and node.input[0] in shared:
-            continue
-        for i, name in enumerate(node.input):
-            if name in shared:
-                node.input[i] = shared[name]
-    if shared:  # a reader that came before the conv now waits for the conv's Q/DQ pair
-        new_nodes = _topological(new_nodes, {i.name for i in graph.input} | {t.name for t in new_inits} |
-                                 {t.name for t in graph.initializer})
+    if set(convs) - seen:
+        raise ConfigError(f"convs not used by any Conv node: {sorted(set(convs) - seen)}")
+    if shared:
+        new_nodes = _read_shared_inputs(new_nodes, shared, {i.name for i in graph.input} |
+                                        {t.name for t in new_inits} | {t.name for t in graph.initializer})
     still_used = {i for n in new_nodes for i in n.input}
     kept = [t for t in graph.initializer if t.name not in dropped or t.name in still_used]
     del graph.initializer[:]
@@ -202,6 +158,45 @@ def insert_qdq(
         _set_metadata(out, METADATA_DISABLED_OPTIMIZERS, ",".join(ORT_DISABLED_OPTIMIZERS))
     onnx.checker.check_model(out)
     return out
+
+
+def _conv_weights(convs: dict[str, ConvQuant], inits: dict[str, TensorProto]) -> dict[str, str]:
+    """Weight initializer name -> torch conv name, for every conv in ``convs``.
+
+    Raises:
+        ConfigError: a conv has no weight initializer in the graph.
+    """
+    by_weight: dict[str, str] = {}
+    for name in convs:
+        found = [w for w in (f"{name}.weight", f"{name}.conv.weight") if w in inits]
+        if not found:
+            raise ConfigError(f"conv '{name}' is not in the ONNX graph (no initializer {name}.weight)")
+        by_weight[found[0]] = name
+    return by_weight
+
+
+def _check_reference(name: str, q: ConvQuant, weight: TensorProto) -> None:
+    """Refuse a graph whose float weight is not the torch model's (another model, or a BatchNorm folded differently)."""
+    if q.reference is None:
+        return
+    current = numpy_helper.to_array(weight)
+    if current.shape != q.reference.shape or not np.allclose(current, q.reference, rtol=1e-4, atol=1e-6):
+        raise ConfigError(
+            f"conv '{name}': the graph's weight differs from the torch model's (not the same model, or a "
+            "BatchNorm folded differently); export the FP32 graph from the model being quantized"
+        )
+
+
+def _read_shared_inputs(nodes: list[onnx.NodeProto], shared: dict[str, str], available: set[str]) -> list[onnx.NodeProto]:
+    """Point every reader of a shared conv input at its dequantized copy (except the Q that quantizes it), then
+    reorder: a reader that came before the conv now waits for the conv's Q/DQ pair."""
+    for node in nodes:
+        if node.op_type == "QuantizeLinear" and node.input[0] in shared:
+            continue
+        for i, name in enumerate(node.input):
+            if name in shared:
+                node.input[i] = shared[name]
+    return _topological(nodes, available)
 
 
 def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
@@ -255,9 +250,8 @@ def _conv_qdq(
                              name=f"{p}/x_DQ"),
         ]
         on_grid[(x, q.input_scale, q.input_unsigned)] = x_dq
-    qmax = qmax_for(q.bits)
-    if np.abs(q.codes).max(initial=0) > qmax:
-        raise ConfigError(f"{tag}: weight codes exceed the {q.bits}-bit grid")
+    if np.abs(q.codes).max(initial=0) > q.qmax:
+        raise ConfigError(f"{tag}: weight codes exceed the {q.bits}-bit grid (|code| <= {q.qmax})")
     channels = q.codes.shape[0]
     if small and q.bits == 4:
         codes = numpy_helper.from_array(q.codes.astype(ml_dtypes.int4), f"{weight}_quantized")
@@ -289,71 +283,6 @@ def _conv_qdq(
     ]
     on_grid[(y, q.output_scale, q.output_unsigned)] = y
     return pre, post, inits
-
-
-INDEX_INPUTS = {"Gather": 1, "GatherElements": 1, "GatherND": 1}
-"""Ops whose index input accepts int32 as well as int64 (input position)."""
-
-
-def narrow_index_initializers(model: onnx.ModelProto) -> int:
-    """Store int64 index tables as int32 (in place) where they only feed Gather-family indices; returns bytes saved.
-
-    The exporter writes HaloAE's relative-position gather indices as int64: about 0.8 MB, more than all 4-bit weights
-    together. Every index fits int32, which these ops accept, so the graph computes exactly the same.
-    """
-    uses: dict[str, set[tuple[str, int]]] = {}
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            uses.setdefault(name, set()).add((node.op_type, i))
-    saved = 0
-    for i, t in enumerate(model.graph.initializer):
-        used = uses.get(t.name, set())
-        if t.data_type != TensorProto.INT64 or not used:
-            continue
-        if not all(INDEX_INPUTS.get(op) == pos for op, pos in used):
-            continue
-        value = numpy_helper.to_array(t)
-        if value.size and (value.min() < np.iinfo(np.int32).min or value.max() > np.iinfo(np.int32).max):
-            continue
-        model.graph.initializer[i].CopyFrom(numpy_helper.from_array(value.astype(np.int32), t.name))
-        saved += value.size * 4
-        # the exporter also records the table's type in value_info; left at int64, shape inference (FP16
-        # preparation for TensorRT) refuses the graph
-        for info in model.graph.value_info:
-            if info.name == t.name:
-                info.type.tensor_type.elem_type = TensorProto.INT32
-    return saved
-
-
-def dedupe_initializers(model: onnx.ModelProto) -> int:
-    """Merge initializers with identical dtype, shape and bytes (in place); returns how many were removed.
-
-    The exporter writes one copy of a buffer per module even when they are equal (HaloAE's relative-position index
-    tables: one per attention block, all the same); the graph computes exactly the same with one shared copy.
-    """
-    graph = model.graph
-    first: dict[tuple, str] = {}
-    rename: dict[str, str] = {}
-    kept = []
-    graph_inputs = {i.name for i in graph.input}
-    for t in graph.initializer:
-        if t.name in graph_inputs:  # an overridable input must keep its own name
-            kept.append(t)
-            continue
-        key = (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes())
-        if key in first:
-            rename[t.name] = first[key]
-        else:
-            first[key] = t.name
-            kept.append(t)
-    if rename:
-        for node in graph.node:
-            for i, name in enumerate(node.input):
-                if name in rename:
-                    node.input[i] = rename[name]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-    return len(rename)
 
 
 def blocked_int8_weight(model: onnx.ModelProto, name: str, codes: np.ndarray, scales: np.ndarray, axis: int) -> None:

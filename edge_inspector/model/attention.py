@@ -1,9 +1,9 @@
 """Local block + halo self-attention (HaloNet), written so it exports cleanly to ONNX and TensorRT.
 
 The map is cut into non-overlapping ``block x block`` query blocks; each attends to the ``window x window`` keys
-around it (``window = block + 2 * halo``). Rules followed (DESIGN §4): q/k/v are 1x1 convs on the whole map
-(no bias, so identical to projecting each window); windows come from pad + slice + reshape + concat (no unfold,
-no einsum); relative-position logits come from index tables built once; keys in the zero padding get a finite
+around it (``window = block + 2 * halo``). Rules followed so that ONNX Runtime and TensorRT run it as torch does:
+q/k/v are 1x1 convs on the whole map (no bias, so identical to projecting each window); windows come from pad +
+slice + reshape + concat (no unfold, no einsum); relative-position logits come from index tables built once; keys in the zero padding get a finite
 additive mask of -1e4 (the *correct* mask: padding is excluded, valid keys are kept); softmax runs in fp32; no
 tensor has more than five dimensions; every shape is static.
 

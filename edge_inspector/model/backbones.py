@@ -22,8 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_inspector.errors import ConfigError, MissingDependencyError
+from edge_inspector.model.batchnorm import fold_batchnorm
 
 BACKBONES = ("efficientnet_lite0", "vgg19")
+FOLD_EXAMPLE_SIZE = 64
+"""Side of the zero image that finds (conv, BN) pairs when a backbone is built (deep enough for stride 32)."""
 
 
 @dataclass(frozen=True)
@@ -175,32 +178,6 @@ def load_lite0(num_blocks: int = len(_LITE0_BLOCKS), with_head: bool = False, pr
     return net
 
 
-@torch.no_grad()
-def fold_batchnorm(net: nn.Module) -> nn.Module:
-    """Fold every (conv, BN) pair of a frozen Lite0 into the conv (adds a bias; BN becomes identity): same outputs
-    in eval mode, fewer ops in training and in the exported graph."""
-    pairs = [("_conv_stem", "_bn0")] if hasattr(net, "_conv_stem") else []
-    for conv_name, bn_name in pairs:
-        _fold_pair(net, conv_name, bn_name)
-    for block in getattr(net, "_blocks", []):
-        for conv_name, bn_name in (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")):
-            if hasattr(block, conv_name):
-                _fold_pair(block, conv_name, bn_name)
-    return net
-
-
-def _fold_pair(owner: nn.Module, conv_name: str, bn_name: str) -> None:
-    conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    bias = bn.bias - bn.running_mean * scale
-    if conv.bias is None:
-        conv.bias = nn.Parameter(bias, requires_grad=False)
-    else:
-        conv.bias.copy_(conv.bias * scale + bias)
-    setattr(owner, bn_name, nn.Identity())
-
-
 def _vgg19_features(num_modules: int) -> nn.Sequential:
     """torchvision's ``vgg19().features`` layout, truncated to the first ``num_modules`` modules."""
     plan = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
@@ -265,9 +242,11 @@ class Backbone(nn.Module):
         self.infos = [table[layer] for layer in layers]
         deepest = max(info.index for info in self.infos)
         if name == "efficientnet_lite0":
-            self.net = fold_batchnorm(load_lite0(deepest + 1, pretrained=pretrained))
+            self.net = load_lite0(deepest + 1, pretrained=pretrained)
         else:
             self.net = load_vgg19(deepest + 1, vgg19_weights, pretrained=pretrained)
+        # Lite0's BN folded into its convs: the same outputs in eval mode, fewer ops in training and in the graph
+        fold_batchnorm(self, torch.zeros(1, 3, FOLD_EXAMPLE_SIZE, FOLD_EXAMPLE_SIZE))
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.net.eval()
@@ -275,10 +254,6 @@ class Backbone(nn.Module):
     @property
     def channels(self) -> list[int]:
         return [info.channels for info in self.infos]
-
-    @property
-    def max_stride(self) -> int:
-        return max(info.stride for info in self.infos)
 
     def train(self, mode: bool = True) -> Backbone:
         """Stay in eval mode whatever the parent asks: frozen BN statistics must not drift."""

@@ -193,8 +193,9 @@ class TrainSpec(StrictModel):
 HEADS = ("auto", "reconstruction", "location", "fused")
 
 
-class ScoreSpec(StrictModel):
-    """Which map the model ships and how it becomes an image score (consumed by evaluation and export)."""
+class ScoreSettings(StrictModel):
+    """Which map the model is to ship and how it becomes an image score (the preset's ``score:`` section, read by
+    evaluation and export); the manifest's ``bundle.manifest.ScoreSpec`` records what was shipped."""
 
     head: Literal["auto", "reconstruction", "location", "fused"] = "reconstruction"
     """reconstruction: HaloAE's feature error (the paper's). location: the location head. fused: both, each
@@ -215,7 +216,7 @@ class Preset(StrictModel):
     name: str = "custom"
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
-    score: ScoreSpec = ScoreSpec()
+    score: ScoreSettings = ScoreSettings()
 
     @model_validator(mode="after")
     def _check_head(self) -> Preset:

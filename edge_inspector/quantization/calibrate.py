@@ -8,7 +8,6 @@ Test images are never touched.
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,33 +17,26 @@ import onnx
 import torch
 from torch import nn
 
-from edge_inspector.bundle.graph_size import initializer_bytes
 from edge_inspector.data.synthetic import ProbeSet
 from edge_inspector.export.parity import graph_parity
-from edge_inspector.export.qdq import (
-    blocked_int8_weight,
-    conv_quant_from_module,
-    dedupe_initializers,
-    insert_qdq,
-    narrow_index_initializers,
-    quantize_matmul_input,
-)
 from edge_inspector.log import kv
 from edge_inspector.quantization.bitplan import UnitCost, allocate, capacity_bits, plan_bits, repair
 from edge_inspector.quantization.fakequant import PRECISION_WEIGHT_BITS
 from edge_inspector.quantization.qat import QatOptions, QatReport, finetune
 from edge_inspector.quantization.report import plan_rows, write_plan
 from edge_inspector.quantization.sensitivity import Prober, measure_signals
+from edge_inspector.model.batchnorm import fold_batchnorm
+from edge_inspector.quantization.activation_grids import (
+    mark_unsigned_activations,
+    share_input_grids,
+    tie_activation_ranges,
+)
 from edge_inspector.quantization.units import (
     QuantUnit,
     apply_plan,
     discover_units,
-    fold_batchnorm,
-    mark_unsigned_activations,
     quant_modules,
     set_mode,
-    share_input_grids,
-    tie_activation_ranges,
     unused_convs,
     wrap_units,
 )
@@ -116,23 +108,6 @@ def auroc_drop(prober: Prober, plan: dict[str, str]) -> tuple[float, dict[str, f
     now = prober.metrics(prober.run(plan))
     drop = max(ref["image_auroc"] - now["image_auroc"], ref["pixel_auroc"] - now["pixel_auroc"])
     return float(np.nan_to_num(drop)), now
-
-
-LOCATION_FACTOR = "model.location.cell_precision_factor"
-
-
-def qdq_graph(scorer: nn.Module, fp32: onnx.ModelProto, small: bool) -> onnx.ModelProto:
-    """The QDQ graph of a calibrated, bit-planned scorer (``fp32`` exported from the same scorer)."""
-    convs = {n: conv_quant_from_module(m) for n, m in quant_modules(scorer).items() if m.precision != "keep"}
-    graph = insert_qdq(fp32, convs, small=small)
-    location = getattr(scorer.model, "location", None)
-    if "location" in heads_needed(scorer.head) and location is not None and location.factor_codes is not None:
-        codes, scales = location.factor_codes
-        blocked_int8_weight(graph, LOCATION_FACTOR, codes.numpy(), scales.numpy(), axis=1)
-        quantize_matmul_input(graph, LOCATION_FACTOR, location.input_scale)
-    dedupe_initializers(graph)
-    narrow_index_initializers(graph)
-    return graph
 
 
 def parity(scorer: nn.Module, graph: onnx.ModelProto, images: np.ndarray, threads: int = 1) -> dict[str, float]:
@@ -289,33 +264,3 @@ def finish_plan_files(result: HqsResult, summary: dict[str, Any], folders: list[
     for folder in folders:
         paths += list(write_plan(folder, name, result.rows, summary))
     return paths
-
-
-def export_qdq_bundle(scorer, fp32_bundle, out_dir: Path, result: HqsResult, options: CalibrateOptions,
-                      plan_name: str, stats, thresholds, holdout: np.ndarray) -> tuple[Any, onnx.ModelProto]:
-    """Rewrite an FP32 bundle exported from ``scorer`` (float mode) into the QDQ bundle at ``out_dir``."""
-    from edge_inspector.bundle.manifest import QuantizationSpec
-    from edge_inspector.bundle.store import sha256_file, write_bundle
-
-    fp32 = onnx.load(str(fp32_bundle.onnx_path))
-    set_mode(scorer, "quant")
-    graph = qdq_graph(scorer, fp32, options.small)
-    softmax = [n.name for n in graph.graph.node if n.op_type == "Softmax"]
-    with tempfile.TemporaryDirectory(prefix="ei-qdq-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx.save(graph, str(path))
-        manifest = fp32_bundle.manifest.model_copy(deep=True)
-        digest = sha256_file(path)
-        manifest.model_id = f"{manifest.model_id.rsplit('-', 1)[0]}-{digest[:8]}"
-        manifest.quantization = QuantizationSpec(
-            precision="qdq",
-            bit_plan=result.plan,
-            keep_fp32_nodes=softmax,
-            weight_bytes=initializer_bytes(graph),
-            table=f"calibration/{plan_name}.yaml",
-            target=options.target,
-        )
-        manifest.score.image, manifest.score.pixel = stats.image, stats.pixel
-        manifest.thresholds = thresholds
-        bundle = write_bundle(out_dir, path, manifest, holdout)
-    return bundle, graph

@@ -1,6 +1,6 @@
 """Fake quantization for HQS units: the torch side of the QDQ graph, with straight-through gradients.
 
-Numerics (chosen to match what ONNX Runtime and TensorRT execute, see DESIGN §5):
+Numerics (chosen to match what ONNX Runtime and TensorRT execute):
 
 * weights: per-output-channel symmetric, ``scale_c = max|w_c| / qmax``, ``q = clamp(round(w / scale), -qmax, qmax)``
   with ``qmax = 7`` for 4 bits and ``qmax = 63`` for 8 bits (symmetric grids, zero point 0). The 8-bit grid is the
@@ -102,7 +102,7 @@ class RangeObserver(nn.Module):
     ``minmax`` keeps the running maximum of ``|x|``; ``percentile`` averages, over batches, the given percentile of
     ``|x|`` (robust to a few outliers, which otherwise waste most of the 8-bit grid).
 
-    ``unsigned_clip`` (set before calibration, see ``units.mark_unsigned_activations``): the tensor is read only
+    ``unsigned_clip`` (set before calibration, see ``activation_grids.mark_unsigned_activations``): the tensor is read only
     through a ReLU clipping it to ``[0, unsigned_clip]``, so the observer measures the clipped values and the scale
     is that of the unsigned grid.
     """
@@ -173,7 +173,7 @@ class QuantConv2d(nn.Module):
         self.in_observer = RangeObserver(observer, percentile)
         self.out_observer = RangeObserver(observer, percentile)
         self.shares_input_grid = False
-        """Every reader of this conv's input reads it quantized (``units.share_input_grids``)."""
+        """Every reader of this conv's input reads it quantized (``activation_grids.share_input_grids``)."""
 
     @property
     def weight_bits(self) -> int:

@@ -128,6 +128,55 @@ def _batch(
     return cutpaste_batch(originals, rng)
 
 
+def _resume(ckpt_path: Path, model: HaloAE, optimizer: torch.optim.Optimizer,
+            rng: np.random.Generator) -> tuple[int, dict[str, float]]:
+    """Restore model, optimiser and both RNG states from an epoch checkpoint; returns (epochs done, their losses)."""
+    doc = _read_checkpoint(ckpt_path)
+    saved = Preset.model_validate(doc["preset"])
+    if saved.model != model.spec:
+        raise ConfigError(f"{ckpt_path} was trained with another model layout; use a new output folder or resume=False")
+    model.load_state_dict(doc["model"], strict=True)
+    optimizer.load_state_dict(doc["optimizer"])
+    rng.bit_generator.state = doc["numpy_rng"]
+    torch.set_rng_state(doc["torch_rng"])
+    log.info("resuming", extra=kv(checkpoint=ckpt_path, epoch=int(doc["epoch"])))
+    return int(doc["epoch"]), dict(doc.get("losses", {}))
+
+
+def _fit_statistics(model: HaloAE, images: np.ndarray, rng: np.random.Generator) -> None:
+    """Before the first epoch: the feature map's per-channel mean/std and, with a location head, its Gaussians."""
+    stats_index = rng.permutation(len(images))[:FEATURE_STAT_IMAGES]
+    model.set_feature_statistics(torch.from_numpy(images[np.sort(stats_index)]))
+    if model.location is not None:
+        # closed form on every fit image (no gradients); stored in every checkpoint with the weights
+        model.fit_location(torch.from_numpy(images))
+        log.info("location head fitted", extra=kv(images=len(images), grid=model.spec.location_grid))
+
+
+def _train_epoch(model: HaloAE, images: np.ndarray, order: np.ndarray, spec: TrainSpec,
+                 optimizer: torch.optim.Optimizer, rng: np.random.Generator, epoch: int, steps_per_epoch: int,
+                 bar: tqdm) -> dict[str, float]:
+    """One epoch of optimiser steps over ``order``; returns the mean loss terms."""
+    sums: dict[str, float] = {}
+    for step in range(steps_per_epoch):
+        index = order[step * spec.batch_size : (step + 1) * spec.batch_size]
+        if len(index) == 0:
+            index = order[: spec.batch_size]
+        batch, labels = _batch(images, index, spec, rng)
+        weights = loss_weights((epoch + step / steps_per_epoch) / spec.epochs, spec.loss)
+        x = model.normalize(torch.from_numpy(batch))
+        out = model(x, n_decode=len(index))
+        loss, terms = haloae_loss(out, x, torch.from_numpy(labels), weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
+    return {k: v / steps_per_epoch for k, v in sums.items()}
+
+
 def fit(
     model: HaloAE,
     images: np.ndarray,
@@ -155,69 +204,30 @@ def fit(
     rng = np.random.default_rng(spec.seed)
     torch.manual_seed(spec.seed)
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=spec.lr, weight_decay=spec.weight_decay)
-    start_epoch, losses = 0, {}
     if resume and ckpt_path.is_file():
-        doc = _read_checkpoint(ckpt_path)
-        saved = Preset.model_validate(doc["preset"])
-        if saved.model != model.spec:
-            raise ConfigError(
-                f"{ckpt_path} was trained with another model layout; use a new output folder or resume=False"
-            )
-        model.load_state_dict(doc["model"], strict=True)
-        optimizer.load_state_dict(doc["optimizer"])
-        rng.bit_generator.state = doc["numpy_rng"]
-        torch.set_rng_state(doc["torch_rng"])
-        start_epoch, losses = int(doc["epoch"]), dict(doc.get("losses", {}))
-        log.info("resuming", extra=kv(checkpoint=ckpt_path, epoch=start_epoch))
+        start_epoch, losses = _resume(ckpt_path, model, optimizer, rng)
     else:
-        stats_index = rng.permutation(len(images))[:FEATURE_STAT_IMAGES]
-        model.set_feature_statistics(torch.from_numpy(images[np.sort(stats_index)]))
-        if model.location is not None:
-            # closed form on every fit image (no gradients); stored in every checkpoint with the weights
-            model.fit_location(torch.from_numpy(images))
-            log.info("location head fitted", extra=kv(images=len(images), grid=model.spec.location_grid))
-
+        start_epoch, losses = 0, {}
+        _fit_statistics(model, images, rng)
     samples = spec.samples_per_epoch or len(images)
     steps_per_epoch = max(1, math.ceil(samples / spec.batch_size))
-    total_steps = steps_per_epoch * spec.epochs
     log.info("training", extra=kv(images=len(images), epochs=spec.epochs, steps_per_epoch=steps_per_epoch, threads=threads))
     started, steps = time.perf_counter(), 0
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not progress, unit="step", desc="train")
+    bar = tqdm(total=steps_per_epoch * spec.epochs, initial=start_epoch * steps_per_epoch, disable=not progress,
+               unit="step", desc="train")
     model.train()
     try:
         for epoch in range(start_epoch, spec.epochs):
             order = np.concatenate([rng.permutation(len(images)) for _ in range(math.ceil(samples / len(images)))])
-            sums: dict[str, float] = {}
-            for step in range(steps_per_epoch):
-                index = order[step * spec.batch_size : (step + 1) * spec.batch_size]
-                if len(index) == 0:
-                    index = order[: spec.batch_size]
-                batch, labels = _batch(images, index, spec, rng)
-                weights = loss_weights((epoch + step / steps_per_epoch) / spec.epochs, spec.loss)
-                x = model.normalize(torch.from_numpy(batch))
-                out = model(x, n_decode=len(index))
-                loss, terms = haloae_loss(out, x, torch.from_numpy(labels), weights)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                steps += 1
-                for key, value in terms.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
-            losses = {k: v / steps_per_epoch for k, v in sums.items()}
-            save_checkpoint(
-                ckpt_path,
-                model,
-                preset,
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                    "numpy_rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(),
-                    "losses": losses,
-                },
-            )
+            losses = _train_epoch(model, images, order, spec, optimizer, rng, epoch, steps_per_epoch, bar)
+            steps += steps_per_epoch
+            save_checkpoint(ckpt_path, model, preset, {
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "losses": losses,
+            })
             log.info("epoch done", extra=kv(epoch=epoch + 1, **{k: round(v, 4) for k, v in losses.items()}))
     finally:
         bar.close()

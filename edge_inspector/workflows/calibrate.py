@@ -29,16 +29,16 @@ from edge_inspector.data.synthetic import make_probe_set
 from edge_inspector.engines.latency import time_graphs
 from edge_inspector.errors import BundleError
 from edge_inspector.export.onnx_export import export_bundle
-from edge_inspector.export.qdq import dedupe_initializers, narrow_index_initializers
+from edge_inspector.export.initializers import dedupe_initializers, narrow_index_initializers
 from edge_inspector.model.normal_stats import fit_normal_statistics
 from edge_inspector.quantization.calibrate import (
     CalibrateOptions,
-    export_qdq_bundle,
     finish_plan_files,
     parity,
     run_hqs,
     summary_of,
 )
+from edge_inspector.quantization.qdq_bundle import export_qdq_bundle
 from edge_inspector.quantization.report import plan_table
 from edge_inspector.quantization.units import set_mode
 from edge_inspector.training.heads import build_scorer

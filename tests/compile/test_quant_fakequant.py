@@ -13,7 +13,8 @@ from edge_inspector.quantization.fakequant import (
     fake_quant_weight,
     quantize_weight,
 )
-from edge_inspector.quantization.units import apply_plan, discover_units, fold_batchnorm, set_mode, wrap_units
+from edge_inspector.model.batchnorm import fold_batchnorm
+from edge_inspector.quantization.units import apply_plan, discover_units, set_mode, wrap_units
 from tests.compile.quant_nets import make_tiny_net
 
 
@@ -140,7 +141,8 @@ def test_quant_conv_trains_through_ste():
 
 
 def test_only_conv_outputs_read_by_nothing_but_a_relu_go_unsigned():
-    from edge_inspector.quantization.units import mark_unsigned_activations, quant_modules, tie_activation_ranges
+    from edge_inspector.quantization.activation_grids import mark_unsigned_activations, tie_activation_ranges
+    from edge_inspector.quantization.units import quant_modules
 
     class Net(nn.Module):
         def __init__(self):

@@ -8,14 +8,8 @@ import torch
 from edge_inspector.model.haloae import build_model
 from edge_inspector.model.presets import load_preset
 from edge_inspector.quantization.qat import QatOptions, finetune, invariant_cells
-from edge_inspector.quantization.units import (
-    apply_plan,
-    discover_units,
-    fold_batchnorm,
-    quant_modules,
-    set_mode,
-    wrap_units,
-)
+from edge_inspector.model.batchnorm import fold_batchnorm
+from edge_inspector.quantization.units import apply_plan, discover_units, quant_modules, set_mode, wrap_units
 from edge_inspector.model.scorer import AnomalyScorer
 
 OVERRIDES = ["model.width=64", "model.height=64", "model.layers=[stage2]", "model.widths=[32,32,16]",

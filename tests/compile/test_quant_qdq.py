@@ -14,24 +14,12 @@ from edge_inspector.config import EngineSettings
 from edge_inspector.engines.ort import load_session
 from edge_inspector.errors import ConfigError
 from edge_inspector.bundle.graph_size import initializer_bytes
-from edge_inspector.export.qdq import (
-    METADATA_DISABLED_OPTIMIZERS,
-    ORT_DISABLED_OPTIMIZERS,
-    conv_quant_from_module,
-    dedupe_initializers,
-    insert_qdq,
-    narrow_index_initializers,
-)
-from edge_inspector.quantization.units import (
-    apply_plan,
-    discover_units,
-    fold_batchnorm,
-    mark_unsigned_activations,
-    quant_modules,
-    set_mode,
-    tie_activation_ranges,
-    wrap_units,
-)
+from edge_inspector.export.initializers import dedupe_initializers, narrow_index_initializers
+from edge_inspector.export.qdq import METADATA_DISABLED_OPTIMIZERS, ORT_DISABLED_OPTIMIZERS, insert_qdq
+from edge_inspector.quantization.qdq_bundle import conv_quant_from_module
+from edge_inspector.model.batchnorm import fold_batchnorm
+from edge_inspector.quantization.activation_grids import mark_unsigned_activations, tie_activation_ranges
+from edge_inspector.quantization.units import apply_plan, discover_units, quant_modules, set_mode, wrap_units
 from tests.compile.quant_nets import make_tiny_net
 
 PLAN = {"stem": "w8a8", "body.0": "w4a8", "body.2": "w8a8", "attn": "w4a8", "head": "w8a8"}
@@ -272,7 +260,7 @@ def test_residual_block_outputs_are_quantized_once_for_every_reader(tmp_path):
 
     import onnxruntime as ort
 
-    from edge_inspector.quantization.units import SharedInputQuant, share_input_grids
+    from edge_inspector.quantization.activation_grids import SharedInputQuant, share_input_grids
     from tests.compile.quant_nets import make_residual_chain
 
     torch.set_num_threads(1)

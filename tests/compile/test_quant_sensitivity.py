@@ -16,7 +16,8 @@ from edge_inspector.quantization.sensitivity import (
     hutchinson_traces,
     measure_signals,
 )
-from edge_inspector.quantization.units import discover_units, fold_batchnorm, set_mode, unused_convs, wrap_units
+from edge_inspector.model.batchnorm import fold_batchnorm
+from edge_inspector.quantization.units import discover_units, set_mode, unused_convs, wrap_units
 from edge_inspector.model.normal_stats import fit_normal_statistics
 from edge_inspector.model.scorer import AnomalyScorer
 
