@@ -251,28 +251,6 @@ def _unsigned_grid_to_int8(graph: onnx.GraphProto, inits: dict[str, onnx.TensorP
     return rewritten
 
 
-def check_tensorrt_boundary(model: onnx.ModelProto) -> None:
-    """Refuse a graph whose boundary TensorRT cannot take, before any build time is spent.
-
-    TensorRT accepts a uint8 network input only when it goes straight into a Cast (see
-    ``cast_uint8_inputs_first``), and the bundle contract wants float32 outputs.
-    """
-    consumers = _consumers(model.graph)
-    for graph_input in model.graph.input:
-        if graph_input.type.tensor_type.elem_type != TensorProto.UINT8:
-            continue
-        bad = [f"{n.name or '?'} ({n.op_type})" for n in consumers.get(graph_input.name, []) if n.op_type != "Cast"]
-        if bad:
-            raise BundleError(
-                f"graph input '{graph_input.name}' is uint8 and feeds {bad}; TensorRT needs a uint8 input to go "
-                "straight into a Cast. Re-export the graph with a Cast right after the input."
-            )
-    for graph_output in model.graph.output:
-        if graph_output.type.tensor_type.elem_type != TensorProto.FLOAT:
-            dtype = TensorProto.DataType.Name(graph_output.type.tensor_type.elem_type)
-            raise BundleError(f"graph output '{graph_output.name}' is {dtype}; the bundle contract wants float32")
-
-
 def topological_sort(graph: onnx.GraphProto) -> None:
     """Reorder ``graph.node`` so every node comes after its producers (the converter appends its Casts at the end)."""
     available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
@@ -295,6 +273,27 @@ def topological_sort(graph: onnx.GraphProto) -> None:
     graph.node.extend(copies)
 
 
+def _rewrite_warnings(implied_uint8: int, qdq_rewrites: dict, scale_warnings: list[str],
+                      qdq_opset: int | None) -> list[str]:
+    """What the preparation changed that the user should know (``qdq_opset``: the opset when the graph has Q/DQ)."""
+    warnings = list(scale_warnings)
+    if implied_uint8:
+        warnings.append(f"{implied_uint8} Q/DQ nodes had no zero point (ONNX: uint8 0, which TensorRT would read as "
+                        "int8): made explicit")
+    if qdq_rewrites["unsigned_to_int8"]:
+        warnings.append(
+            f"{qdq_rewrites['unsigned_to_int8']} Q/DQ nodes on the unsigned activation grid (ReLU outputs) moved to "
+            "the signed INT8 grid at twice the step: TensorRT has no unsigned INT8, so those activations get 7 bits "
+            "(calibrate --target tensorrt writes signed grids only)"
+        )
+    if qdq_opset is not None and qdq_opset < FP16_SCALE_OPSET:
+        warnings.append(
+            f"opset {qdq_opset} < {FP16_SCALE_OPSET}: Q/DQ kept in FP32 behind Casts; export at opset >= "
+            f"{FP16_SCALE_OPSET} so TensorRT can fuse them into INT8 kernels"
+        )
+    return warnings
+
+
 def prepare_graph(
     model: onnx.ModelProto,
     keep_fp32_nodes: list[str] | tuple[str, ...] = (),
@@ -311,7 +310,7 @@ def prepare_graph(
     source = onnx.ModelProto()
     source.CopyFrom(model)
     rewired = cast_uint8_inputs_first(source)
-    check_tensorrt_boundary(source)
+    trt_rules.check_boundary(source)
     implied_uint8 = trt_rules.make_zero_points_explicit(source)  # before the unsigned-grid rewrite reads them
     qdq_rewrites = make_qdq_tensorrt_ready(source)
     scale_fixes = trt_rules.fit_scales_to_fp16(source)
@@ -320,25 +319,12 @@ def prepare_graph(
     if unknown:
         raise BundleError(f"the manifest pins FP32 on nodes the graph does not have: {unknown}")
     opset = default_opset(model)
-    block_ops = set(keep_fp32_op_types)
-    warnings = list(scale_fixes.warnings)
-    if implied_uint8:
-        warnings.append(f"{implied_uint8} Q/DQ nodes had no zero point (ONNX: uint8 0, which TensorRT would read as "
-                        "int8): made explicit")
-    if qdq_rewrites["unsigned_to_int8"]:
-        warnings.append(
-            f"{qdq_rewrites['unsigned_to_int8']} Q/DQ nodes on the unsigned activation grid (ReLU outputs) moved to "
-            "the signed INT8 grid at twice the step: TensorRT has no unsigned INT8, so those activations get 7 bits "
-            "(calibrate --target tensorrt writes signed grids only)"
-        )
     qdq = sum(n.op_type in QDQ_OPS for n in source.graph.node)
+    block_ops = set(keep_fp32_op_types)
     if qdq and opset < FP16_SCALE_OPSET:
         # FP16 scales need opset 19; older Q/DQ stay FP32 behind Casts, which can cost TensorRT its INT8 fusions.
         block_ops |= set(QDQ_OPS)
-        warnings.append(
-            f"opset {opset} < {FP16_SCALE_OPSET}: Q/DQ kept in FP32 behind Casts; export at opset >= "
-            f"{FP16_SCALE_OPSET} so TensorRT can fuse them into INT8 kernels"
-        )
+    warnings = _rewrite_warnings(implied_uint8, qdq_rewrites, scale_fixes.warnings, opset if qdq else None)
     fp32_names = {*keep_fp32_nodes, *scale_fixes.fp32_nodes}
     pinned = sorted(n.name or n.op_type for n in source.graph.node if n.name in fp32_names or n.op_type in block_ops)
     nodes_before = len(source.graph.node)

@@ -224,3 +224,28 @@ def enforce(model: onnx.ModelProto) -> None:
     if findings:
         lines = "\n".join(f"  - {f.node}: {f.message} [{f.rule}]" for f in findings)
         raise BundleError(f"the graph prepared for TensorRT breaks {len(findings)} of its ONNX parser's rules:\n{lines}")
+
+
+def check_boundary(model: onnx.ModelProto) -> None:
+    """Refuse a graph whose boundary TensorRT cannot take, before any build time is spent.
+
+    TensorRT accepts a uint8 network input only when it goes straight into a Cast (see
+    ``trt_prep.cast_uint8_inputs_first``), and the bundle contract wants float32 outputs.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for graph_input in model.graph.input:
+        if graph_input.type.tensor_type.elem_type != TensorProto.UINT8:
+            continue
+        bad = [f"{n.name or '?'} ({n.op_type})" for n in consumers.get(graph_input.name, []) if n.op_type != "Cast"]
+        if bad:
+            raise BundleError(
+                f"graph input '{graph_input.name}' is uint8 and feeds {bad}; TensorRT needs a uint8 input to go "
+                "straight into a Cast. Re-export the graph with a Cast right after the input."
+            )
+    for graph_output in model.graph.output:
+        if graph_output.type.tensor_type.elem_type != TensorProto.FLOAT:
+            dtype = TensorProto.DataType.Name(graph_output.type.tensor_type.elem_type)
+            raise BundleError(f"graph output '{graph_output.name}' is {dtype}; the bundle contract wants float32")

@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_inspector.engines import trt_rules
 from edge_inspector.engines.fp16_check import verify_prepared
 from edge_inspector.engines.trt_prep import (
     PREPARED_KEY,
-    check_tensorrt_boundary,
     prepare_bundle_graph,
     prepare_graph,
     topological_sort,
@@ -119,11 +119,11 @@ def test_verification_catches_a_graph_that_computes_something_else(tmp_path):
 def test_cast_moves_in_front_of_layout_ops_on_the_uint8_input(qdq):
     original = conv_graph(16, 16, qdq=qdq, transpose_first=True)
     with pytest.raises(BundleError, match="uint8 and feeds.*to_nchw"):
-        check_tensorrt_boundary(original)
+        trt_rules.check_boundary(original)
     original = onnx.shape_inference.infer_shapes(original)  # records a uint8 type for the transposed tensor
     prepared, report = prepare_graph(original, keep_fp32_nodes=[SOFTMAX_NODE])
     assert report.inputs_cast_first == ["image"]
-    check_tensorrt_boundary(prepared)
+    trt_rules.check_boundary(prepared)
     first = next(n for n in prepared.graph.node if "image" in n.input)
     assert first.op_type == "Cast" and first.attribute[0].i == TensorProto.FLOAT16
     types = _types(prepared)
@@ -207,11 +207,11 @@ def test_boundary_tensorrt_cannot_take_is_refused():
     model.graph.node[0].op_type = "Identity"  # uint8 input no longer goes into a Cast
     del model.graph.node[0].attribute[:]
     with pytest.raises(BundleError, match="uint8 and feeds.*Identity"):
-        check_tensorrt_boundary(model)
+        trt_rules.check_boundary(model)
     model = conv_graph(16, 16, qdq=False)
     model.graph.output[1].type.tensor_type.elem_type = TensorProto.FLOAT16
     with pytest.raises(BundleError, match="'score' is FLOAT16"):
-        check_tensorrt_boundary(model)
+        trt_rules.check_boundary(model)
 
 
 def test_topological_sort_orders_and_detects_cycles():
