@@ -71,6 +71,9 @@ class CaptureSettings(StrictModel):
     fps: float | None = Field(None, gt=0)
     trigger_source: Literal["every_frame", "mqtt"] = "every_frame"
     """In triggered mode: judge every frame, or only when a software trigger arrives over MQTT."""
+    max_image_pixels: int = Field(8192 * 8192, gt=0)
+    """Largest image file (width x height, from its header) an image folder source decodes; a larger one is
+    judged fail-safe with an error instead of taking gigabytes of memory."""
 
 
 class DecisionSettings(StrictModel):
@@ -106,6 +109,11 @@ class MqttSettings(StrictModel):
     username_env: str = "EDGE_INSPECTOR_MQTT_USERNAME"
     """Name of the environment variable holding the user name (secrets never live in the YAML)."""
     password_env: str = "EDGE_INSPECTOR_MQTT_PASSWORD"
+    command_key_env: str = "EDGE_INSPECTOR_COMMAND_KEY"
+    """Name of the environment variable holding the key that commands must be signed with (unset: unsigned
+    commands are accepted; deploy/MQTT.md)."""
+    protocol: Literal["v5", "v3.1.1"] = "v5"
+    """MQTT 5 makes the broker say why it refuses a publish (its ACL); v3.1.1 for brokers without MQTT 5."""
     tls: TlsSettings | None = None
     spool_dir: str = "var/spool"
     spool_max_mb: float = Field(256.0, gt=0)
@@ -130,6 +138,9 @@ class ArchiveSettings(StrictModel):
     max_mb: float = Field(2048.0, gt=0)
     pass_sample_rate: float = Field(0.01, ge=0.0, le=1.0)
     """Fraction of PASS frames kept; every FAIL is kept until the cap, oldest PASS deleted first."""
+    min_free_mb: float = Field(100.0, ge=0)
+    """Free space the archive leaves on its file system (the spool and logs may share it): it deletes old frames
+    (PASS first) to keep it, and never fills the disk."""
 
 
 class HttpSettings(StrictModel):

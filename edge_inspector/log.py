@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(value: Any) -> str:
+    """``str(value)`` with control characters written as escapes, so text from outside (an MQTT payload, a file
+    name) cannot start a forged line in a plain-text log."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], str(value))
 
 
 def kv(**fields: Any) -> dict[str, Any]:
@@ -21,10 +30,10 @@ def kv(**fields: Any) -> dict[str, Any]:
 class _KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
-        parts = [ts, record.levelname.lower(), record.name, record.getMessage()]
+        parts = [ts, record.levelname.lower(), record.name, _escaped(record.getMessage())]
         for key, value in getattr(record, "fields", {}).items():
-            parts.append(f"{key}={value}")
-        line = " ".join(str(p) for p in parts)
+            parts.append(f"{key}={_escaped(value)}")
+        line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

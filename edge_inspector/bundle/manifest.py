@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edge_inspector.config import StrictModel
 
@@ -77,6 +77,17 @@ class Thresholds(StrictModel):
     pixel_method: Literal["quantile", "f1", "manual"] = "quantile"
     target_pixel_false_positive_rate: float | None = Field(None, ge=0, le=1)
     """For ``pixel_method`` quantile: the share of normal pixels the pixel threshold aims to let above it."""
+    command_range: tuple[float, float] = (0.25, 4.0)
+    """How far remote commands (set_threshold, set_sensitivity over MQTT) may move the effective image threshold:
+    from ``command_range[0]`` to ``command_range[1]`` times ``image``. A command outside is refused, so nobody on the
+    broker can switch inspection off (a huge threshold passes everything) or stop the line (a tiny one fails it)."""
+
+    @model_validator(mode="after")
+    def _check_command_range(self) -> Thresholds:
+        low, high = self.command_range
+        if not 0 < low <= 1 <= high < float("inf"):
+            raise ValueError(f"command_range must be (low, high) with 0 < low <= 1 <= high, got {self.command_range}")
+        return self
 
 
 class QuantizationSpec(StrictModel):

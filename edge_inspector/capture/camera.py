@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 class ReopeningSource:
     """Wraps a live source: when a read fails, close and reopen it with exponential backoff until it delivers.
 
-    Finite sources pass straight through. ``status`` is 'ok' or 'reconnecting'; ``reopens`` counts successful reopens.
+    A network stream (``rtsp://``, ``http://``...) that cannot be opened at start is retried the same way (a camera
+    on the network may still be booting); a local camera index that does not open stays an error at start (it is
+    not there). Finite sources pass straight through. ``status`` is 'ok' or 'reconnecting'; ``reopens`` counts
+    successful reopens.
 
     Args:
         source: the source to read.
@@ -39,11 +42,22 @@ class ReopeningSource:
         self.status = "ok"
         self.reopens = 0
         self.failures = 0
+        self._opened = False
 
     def open(self) -> None:
-        self.source.open()
+        """Open the source; a stream that is not there yet is retried by ``read`` instead of refused."""
+        try:
+            self.source.open()
+            self._opened = True
+        except SourceError as exc:
+            if not (self.live and "://" in self.name):
+                raise
+            self.status = "reconnecting"
+            log.warning("stream not available at start; retrying", extra=kv(source=self.name, error=exc))
 
     def read(self) -> Frame | None:
+        if not self._opened and not self.stop.is_set():
+            self._reopen()
         while not self.stop.is_set():
             try:
                 return self.source.read()
@@ -69,7 +83,9 @@ class ReopeningSource:
                 self.stop.wait(delay)
                 delay = min(delay * 2, limit)
                 continue
-            self.reopens += 1
+            if self._opened:  # the first open of a stream that was absent at start is not a reopen
+                self.reopens += 1
+            self._opened = True
             self.status = "ok"
             log.warning("camera reopened", extra=kv(source=self.name, attempts=attempt))
             return

@@ -16,8 +16,8 @@ import numpy as np
 class Frame:
     """One image from a source, with where and when it came from."""
 
-    image: np.ndarray
-    """BGR (or gray) uint8, full frame."""
+    image: np.ndarray | None
+    """BGR (or gray) uint8, full frame; None when there is no picture to judge (``error`` says why)."""
     index: int
     """Position in the source (0, 1, ...), counting every frame read, judged or not."""
     captured_at: float
@@ -30,6 +30,9 @@ class Frame:
     """File name or other human id of the frame."""
     part_id: str | None = None
     """Trigger id when a software trigger asked for this frame."""
+    error: str | None = None
+    """Why this part cannot be judged from its picture (unreadable or truncated file, line paused before a pending
+    trigger was served): the loop gives it the fail-safe verdict with this error, and never skips it."""
 
 
 class Source(Protocol):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 
+from edge_inspector.capture.decoding import read_image
 from edge_inspector.capture.frame import Frame, Source
 from edge_inspector.config import CaptureSettings
 from edge_inspector.errors import SourceError
@@ -102,7 +103,8 @@ def folder_label(relative: Path) -> bool | None:
 class FolderSource:
     """Every image under a folder (recursively, sorted by path), with labels from MVTec-style folder names.
 
-    Masks under ``ground_truth/`` are skipped.
+    Masks under ``ground_truth/`` are left out. Every other image file becomes a part: one that is empty, not an
+    image, too large or truncated comes as a frame with an ``error`` (judged fail-safe), never skipped.
     """
 
     live = False
@@ -127,22 +129,20 @@ class FolderSource:
         log.info("image folder opened", extra=kv(folder=self.folder, images=len(self.files)))
 
     def read(self) -> Frame | None:
-        while True:
-            if self._position >= len(self.files):
-                if not self.settings.loop:
-                    return None
-                self._position = 0
-            path = self.files[self._position]
-            self._position += 1
-            start = time.perf_counter()
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            decode_ms = (time.perf_counter() - start) * 1e3
-            if image is not None:
-                break
-            # One unreadable file must not stop a folder run: say so and go on with the next one.
-            log.warning("unreadable image skipped", extra=kv(path=path))
+        if self._position >= len(self.files):
+            if not self.settings.loop:
+                return None
+            self._position = 0
+        path = self.files[self._position]
+        self._position += 1
+        start = time.perf_counter()
+        decoded = read_image(path, self.settings.max_image_pixels)
+        decode_ms = (time.perf_counter() - start) * 1e3
+        if decoded.error:
+            log.warning("image cannot be judged from its file; fail-safe verdict", extra=kv(error=decoded.error))
         relative = path.relative_to(self.folder)
-        frame = Frame(image, self._index, time.time(), self.name, decode_ms, folder_label(relative), str(relative))
+        frame = Frame(decoded.image, self._index, time.time(), self.name, decode_ms, folder_label(relative),
+                      str(relative), error=decoded.error)
         self._index += 1
         return frame
 

@@ -1,7 +1,8 @@
 """Readiness of the line for /readyz.
 
-``readiness`` turns the loop's own state and its ``pipeline.sinks.LatestResult`` (whether the newest part was judged
-fail-safe, and when it was judged) into ready / not ready with the reasons.
+``readiness`` turns the loop's own state, its ``pipeline.sinks.LatestResult`` (whether the newest part was judged
+fail-safe, and when it was judged) and the MQTT publisher's health (are results reaching the broker?) into ready /
+not ready with the reasons.
 """
 
 from __future__ import annotations
@@ -26,18 +27,22 @@ class Readiness:
         return {"ready": self.ready, "reason": "; ".join(self.reasons) or None, **self.details}
 
 
-def readiness(loop: Any, latest: LatestResult, since: float, stuck_after_s: float | None = None) -> Readiness:
-    """Ready when the engine is loaded, the source delivers, the loop runs and is not stuck.
+def readiness(loop: Any, latest: LatestResult, since: float, stuck_after_s: float | None = None,
+              publisher: Any | None = None) -> Readiness:
+    """Ready when the engine is loaded, the source delivers, the loop runs and is not stuck, and results reach
+    the broker.
 
     Not ready (each adds a reason): the loop failed or ended; the engine cannot describe itself (closed); the
     source is being reopened; the line is paused; the newest part was judged fail-safe (engine error or timeout);
     parts are waiting but none was judged for ``stuck_after_s`` (default: 3 x the inference timeout, at least
-    ``MIN_STUCK_AFTER_S``).
+    ``MIN_STUCK_AFTER_S``); the publisher reports a problem (not connected, the spool cannot be written, the broker
+    refuses results: ``PublisherHealth.problems``).
 
     Args:
         loop: the running ``pipeline.loop.InspectionLoop`` (started).
         latest: the sink the loop feeds.
         since: monotonic time the loop started (for a loop that has not judged anything yet).
+        publisher: the MQTT ``publish.mqtt.ResultPublisher``, or None when MQTT is off.
     """
     stuck_after_s = stuck_after_s or max(MIN_STUCK_AFTER_S, 3 * loop.timeout_s)
     snap = loop.snapshot()
@@ -65,4 +70,8 @@ def readiness(loop: Any, latest: LatestResult, since: float, stuck_after_s: floa
         reasons.append(f"stuck: {pending} part(s) waiting, none judged for {idle_s:.0f} s")
     details = {"mode": snap["mode"], "paused": snap["paused"], "source": source, "engine": loop.engine.name,
                "judged": counts.get("judged", 0), "pending": pending, "idle_s": round(idle_s, 3)}
+    if publisher is not None:
+        health = publisher.health
+        reasons += [f"results: {problem}" for problem in health.problems]
+        details["results_pending"] = health.pending
     return Readiness(not reasons, reasons, details)

@@ -56,7 +56,8 @@ class OpsServer:
 
     def __init__(self, loop: Any, latest: LatestResult, publisher: Any | None = None, host: str = "127.0.0.1",
                  port: int = 0, stuck_after_s: float | None = None):
-        self.loop, self.latest, self.host, self.stuck_after_s = loop, latest, host, stuck_after_s
+        self.loop, self.latest, self.publisher = loop, latest, publisher
+        self.host, self.stuck_after_s = host, stuck_after_s
         self.registry = CollectorRegistry()
         self.registry.register(LineCollector(loop, publisher))
         ProcessCollector(registry=self.registry)
@@ -117,7 +118,7 @@ class OpsServer:
         return _json(200, {"alive": True, "uptime_s": round(time.monotonic() - self._started, 3)})
 
     def _readyz(self, accept: str | None) -> Response:
-        state = readiness(self.loop, self.latest, self._started, self.stuck_after_s)
+        state = readiness(self.loop, self.latest, self._started, self.stuck_after_s, self.publisher)
         return _json(200 if state.ready else 503, state.to_json())
 
     def _preview(self, accept: str | None) -> Response:

@@ -95,8 +95,28 @@ class LineCollector(Collector):
 
     def _publisher(self) -> Iterator[Metric]:
         health = self.publisher.health
-        yield _gauge("mqtt_connected", "1 while connected to the MQTT broker.", 1.0 if health.connected else 0.0)
-        yield _gauge("spool_pending", "Results in the disk spool, not yet acknowledged by the broker.", health.pending)
+        yield _gauge("mqtt_connected", "1 while connected to the MQTT broker (and paho's network thread runs).",
+                     1.0 if health.connected else 0.0)
+        yield _gauge("spool_pending", "Results not yet acknowledged by the broker (disk spool and memory).",
+                     health.pending)
         yield _counter("results_acked", "Results acknowledged by the broker since start.", health.acked)
         yield _counter("spool_dropped_pass", "PASS results the spool size bound discarded.", health.dropped_pass)
         yield _counter("mqtt_disconnects", "Lost connections to the broker.", health.disconnects)
+        yield _counter("mqtt_restarts", "MQTT clients restarted by the watchdog (dead network thread, stalled "
+                                        "delivery).", health.restarts)
+        yield _counter("mqtt_callback_errors", "Exceptions contained in MQTT callbacks.", health.callback_errors)
+        yield _gauge("mqtt_refused", "1 while the broker refuses result messages (its ACL).",
+                     1.0 if health.refused else 0.0)
+        yield _gauge("spool_failing", "1 while the result spool cannot be written (results held in memory).",
+                     1.0 if health.storage_error else 0.0)
+        yield _gauge("results_held_in_memory", "Results held in memory because the spool cannot be written.",
+                     health.held)
+        yield _counter("results_unspooled", "Results that could not be written to the spool, since start.",
+                       health.unspooled)
+        lost = CounterMetricFamily(f"{PREFIX}_results_lost", "Results given up with no copy left (memory bound "
+                                   "while the spool fails), by verdict class, since start.", labels=["verdict"])
+        lost.add_metric(["PASS"], health.lost_pass)
+        lost.add_metric(["FAIL_OR_UNKNOWN"], health.lost_fail)
+        yield lost
+        yield _counter("spool_quarantined", "Damaged spool files moved aside (readable results replayed).",
+                       health.quarantined)

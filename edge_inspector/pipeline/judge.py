@@ -73,7 +73,8 @@ class Judge:
                 decision = fail_safe(params, f"decision failed: {exc}")
         job.timings["decision"] = (time.perf_counter() - start) * 1e3
         overlay = None
-        if self.overlay == "all" or (self.overlay == "fail" and decision.verdict != Verdict.PASS):
+        wanted = self.overlay == "all" or (self.overlay == "fail" and decision.verdict != Verdict.PASS)
+        if wanted and frame.image is not None:
             start = time.perf_counter()
             overlay = self._draw(job, decision, params)
             job.timings["overlay"] = (time.perf_counter() - start) * 1e3

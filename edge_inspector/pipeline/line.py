@@ -144,8 +144,8 @@ class Line:
 def build_line(config: RunConfig, *, source: Source | None = None, sinks: Sequence[Sink] = ()) -> Line:
     """Open and wire everything ``config`` names; nothing runs until ``Line.run``.
 
-    Sinks get each result in this order: the MQTT publisher (it assigns the sequence number), the archive,
-    ``sinks``, the newest-result holder.
+    Sinks get each result in this order: the MQTT publisher (it assigns the sequence number; with MQTT off it
+    only does that, when the archive is on), the archive, ``sinks``, the newest-result holder.
 
     Args:
         config: the line configuration.
@@ -164,13 +164,15 @@ def build_line(config: RunConfig, *, source: Source | None = None, sinks: Sequen
         show, why = display_available()
         if not show:
             print(f"--show: {why}; running without a preview window", file=sys.stderr)
-    publisher = None
-    if config.mqtt.enabled:
-        publisher = ResultPublisher(config.mqtt, config.station, model_id=bundle.manifest.model_id)
+    # With MQTT off the publisher still numbers results (the archive names and stamps them by sequence number).
+    numbering = None
+    if config.mqtt.enabled or config.archive.enabled:
+        numbering = ResultPublisher(config.mqtt, config.station, model_id=bundle.manifest.model_id)
+    publisher = numbering if config.mqtt.enabled else None
     archive = Archive(config.archive, config.station) if config.archive.enabled else None
     # The newest result is kept, and every part drawn, when something shows it: the window or /preview.jpg.
     latest = LatestResult() if show or config.http.port else None
-    line_sinks = [sink for sink in (publisher, archive) if sink is not None] + list(sinks)
+    line_sinks = [sink for sink in (numbering, archive) if sink is not None] + list(sinks)
     line_sinks += [latest] if latest is not None else []
     overlay = "all" if latest is not None else ("fail" if archive is not None else "none")
     loop = InspectionLoop(source, engine, bundle.manifest, line_sinks, capture=config.capture,

@@ -4,6 +4,9 @@ Stages hand work on through bounded queues, so a slow stage slows the ones befor
 Free-run mode keeps only the newest frame and counts what it drops; triggered mode blocks instead and never drops.
 A watchdog turns an inference that overruns ``decision.inference_timeout_s`` into the fail-safe verdict (and so
 every part queued behind it while the engine stays stuck): a part is never passed because the model did not answer.
+Every part gets a verdict: a frame that comes with an error (an unreadable file, a trigger still pending when the
+line was paused) is judged fail-safe with that error, not dropped. Remote commands may move the threshold only
+within the bundle's ``thresholds.command_range``.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ class InspectionLoop:
         return self.snapshot()
 
     def pause(self) -> None:
+        """Stop judging. Software triggers still pending get the fail-safe verdict ("paused"), not a late frame."""
         self._running.clear()
         log.warning("loop paused", extra=kv(station=self.station))
 
@@ -125,15 +129,33 @@ class InspectionLoop:
         """Software trigger: judge the next frame as ``part_id`` (triggered mode with trigger_source=mqtt)."""
         if not self.software_trigger:
             raise ValueError("software triggers need capture.mode=triggered and capture.trigger_source=mqtt")
+        if self.paused:
+            raise ValueError("the line is paused: resume it before triggering (trigger not taken)")
         self._triggers.put(part_id)
 
     def set_threshold(self, value: float) -> None:
-        self.params = replace(self.params, threshold=value)
+        """Remote command: a new raw threshold, within the bundle's ``thresholds.command_range`` (else ValueError)."""
+        self.params = self._within_command_range(replace(self.params, threshold=value))
         log.warning("threshold changed", extra=kv(threshold=value, effective=self.params.effective_threshold))
 
     def set_sensitivity(self, value: float) -> None:
-        self.params = replace(self.params, sensitivity=value)
+        """Remote command: a new sensitivity, such that the effective threshold stays within the command range."""
+        self.params = self._within_command_range(replace(self.params, sensitivity=value))
         log.warning("sensitivity changed", extra=kv(sensitivity=value, effective=self.params.effective_threshold))
+
+    def _within_command_range(self, params: DecisionParams) -> DecisionParams:
+        thresholds = self.manifest.thresholds
+        low, high = (factor * thresholds.image for factor in thresholds.command_range)
+        effective = params.effective_threshold
+        if low <= effective <= high:
+            return params
+        # t_eff = t (1 - s) / s, so at threshold t the sensitivities that keep t_eff in [low, high] are these:
+        allowed_s = (params.threshold / (params.threshold + high), params.threshold / (params.threshold + low))
+        raise ValueError(
+            f"refused: the effective threshold would be {effective:.4g}, outside what commands may set: "
+            f"[{low:.4g}, {high:.4g}] ({thresholds.command_range[0]:g}x to {thresholds.command_range[1]:g}x the "
+            f"calibrated {thresholds.image:.4g}, thresholds.command_range in the bundle manifest); at threshold "
+            f"{params.threshold:.4g} the sensitivity may lie in [{allowed_s[0]:.3f}, {allowed_s[1]:.3f}]")
 
     def apply_command(self, command: Command) -> dict:
         """Apply a validated remote command; returns what the line now uses (for the command response).
@@ -183,6 +205,9 @@ class InspectionLoop:
                 except queue.Empty:
                     if self._stop.is_set():
                         return None
+            if self.paused:  # taken before the pause: answer it, with no frame from after the pause
+                return Frame(None, 0, time.time(), self.reader.name, part_id=part_id, name="not judged",
+                             error="the line was paused before this trigger was served")
             live = isinstance(self.reader, LatestFrameReader)
             frame = self.reader.read(newer_than=time.time()) if live else self.reader.read()
             if frame is not None:
@@ -200,7 +225,8 @@ class InspectionLoop:
         judged_limit = self.capture.max_frames
         taken = 0
         while not self._stop.is_set() and not (judged_limit and taken >= judged_limit):
-            while not self._running.wait(0.1):
+            # Paused software triggers keep flowing, to be answered fail-safe (``_next_frame``).
+            while not self.software_trigger and not self._running.wait(0.1):
                 if self._stop.is_set():
                     break
             frame = self._next_frame()
@@ -240,6 +266,10 @@ class InspectionLoop:
             except queue.Empty:
                 if self._capture_done.is_set() and self._q_infer.empty():
                     break
+                continue
+            if job.frame.error:  # nothing to infer on: judged fail-safe with the frame's own error
+                job.error = job.frame.error
+                self._put(self._q_decide, job)
                 continue
             start = time.perf_counter()
             try:

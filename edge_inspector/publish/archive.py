@@ -7,17 +7,22 @@ Layout, one folder per UTC day, one group of files per result sharing a stem::
     <dir>/2026-11-25/182441610291_00000017_FAIL_part-00017_overlay.jpg  heat map + outlines + verdict
 
 The JSON is written last (atomically), so a group without one is an interrupted write and is cleaned up on the
-next start. Past ``max_mb`` the oldest PASS groups are deleted first, then the oldest FAIL/UNKNOWN groups.
-Image encoding happens on a writer thread, so ``add`` costs the caller little; ``close()`` writes what is queued.
+next start. Past ``max_mb``, or when the file system has less than ``min_free_mb`` free, the oldest PASS groups are
+deleted first; a FAIL/UNKNOWN group goes only when no PASS is left, and only to make room for another reject (a
+PASS never displaces a FAIL: it is not archived instead). A write that still finds the disk full makes room the same
+way and is tried once more. Image encoding happens on a writer thread, so ``add`` costs the caller little;
+``close()`` writes what is queued.
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import queue
 import re
+import shutil
 import threading
 from collections import deque
 from dataclasses import dataclass, replace
@@ -25,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge_inspector.config import ArchiveSettings
+from edge_inspector.errors import ConfigError
 from edge_inspector.log import kv
 from edge_inspector.publish.schema import build_message
 from edge_inspector.results import InspectionResult, Verdict
@@ -70,12 +76,17 @@ class Archive:
     Args:
         settings: The ``archive`` section of the configuration.
         station: Station name written into each JSON (default: the configuration's default station name).
+
+    Raises:
+        ConfigError: The archive folder cannot be created or written (read-only file system, not a folder).
     """
 
     def __init__(self, settings: ArchiveSettings, station: str = "station-1"):
         self.settings = settings
         self.root = Path(settings.dir)
         self.max_bytes = int(settings.max_mb * 1024 * 1024)
+        self.min_free_bytes = int(settings.min_free_mb * 1024 * 1024)
+        self._last_size = 0  # bytes of the last group written: what the next one will probably need
         self.station = station
         self._pass: deque[_Group] = deque()
         self._fail: deque[_Group] = deque()
@@ -87,10 +98,12 @@ class Archive:
         """Writes that failed (logged; the line goes on)."""
         self.skipped_busy = 0
         """Sampled PASS frames skipped because the writer was behind."""
+        self.skipped_full = 0
+        """PASS frames not archived because the disk had no room left but for FAIL frames."""
         self._jobs: queue.Queue[_Job | None] = queue.Queue(QUEUE_SIZE)
         self._worker: threading.Thread | None = None
         if settings.enabled:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self._check_writable()
             self._scan()
             self._worker = threading.Thread(target=self._work, name="archive-writer", daemon=True)
             self._worker.start()
@@ -155,6 +168,16 @@ class Archive:
         self._worker = None
 
     # ------------------------------------------------------------------ internals
+    def _check_writable(self) -> None:
+        probe = self.root / ".write-test"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"archive.dir: cannot write to {self.root}: {exc.strerror or exc} (give a writable "
+                              "folder, or archive.enabled=false)") from None
+
     def _work(self) -> None:
         while True:
             job = self._jobs.get()
@@ -171,28 +194,72 @@ class Archive:
 
     def _write(self, job: _Job) -> None:
         group = job.group
-        folder, stem = group.folder, group.stem
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            result = job.result
-            if result.frame is not None:
-                self._write_image(folder / f"{stem}_frame.png", result.frame)
-            if result.overlay is not None:
-                self._write_image(folder / f"{stem}_overlay.jpg", result.overlay)
-            message = build_message(result, self.station, include_mask=True).to_json()
-            tmp = folder / f".{stem}.json.tmp"
-            tmp.write_bytes(message)
-            os.replace(tmp, folder / f"{stem}.json")  # last and atomic: a group with its JSON is complete
-        except OSError as exc:
-            self.errors += 1
-            log.error("archive write failed; the result is still published",
-                      extra=kv(path=str(folder / stem), error=str(exc)))
-            self._delete(group)
+        if not self._make_room(job):
+            self.skipped_full += 1
             return
-        group.size = sum(p.stat().st_size for p in group.paths() if p.exists())
+        try:
+            self._write_files(job)
+        except OSError as exc:
+            self._delete(group)
+            if exc.errno != errno.ENOSPC or not self._make_room(job, disk_full=True):
+                self._write_failed(group, exc, skipped=job.is_pass and exc.errno == errno.ENOSPC)
+                return
+            try:  # room was made: once more
+                self._write_files(job)
+            except OSError as again:
+                self._delete(group)
+                self._write_failed(group, again)
+                return
+        group.size = self._last_size = sum(p.stat().st_size for p in group.paths() if p.exists())
         (self._pass if job.is_pass else self._fail).append(group)
         self._bytes += group.size
         self._enforce_cap()
+
+    def _write_files(self, job: _Job) -> None:
+        folder, stem, result = job.group.folder, job.group.stem, job.result
+        folder.mkdir(parents=True, exist_ok=True)
+        if result.frame is not None:
+            self._write_image(folder / f"{stem}_frame.png", result.frame)
+        if result.overlay is not None:
+            self._write_image(folder / f"{stem}_overlay.jpg", result.overlay)
+        message = build_message(result, self.station, include_mask=True).to_json()
+        tmp = folder / f".{stem}.json.tmp"
+        tmp.write_bytes(message)
+        os.replace(tmp, folder / f"{stem}.json")  # last and atomic: a group with its JSON is complete
+
+    def _write_failed(self, group: _Group, exc: OSError, skipped: bool = False) -> None:
+        if skipped:  # a PASS that found the disk full of FAIL frames: not an error, the rule says skip it
+            self.skipped_full += 1
+            return
+        self.errors += 1
+        log.error("archive write failed; the result is still published",
+                  extra=kv(path=str(group.folder / group.stem), error=str(exc)))
+
+    def _make_room(self, job: _Job, disk_full: bool = False) -> bool:
+        """Delete old groups until ``job`` fits above the free-space floor; False when it should not be written.
+
+        PASS groups go first; a FAIL group only for another FAIL, never for a PASS. ``disk_full``: a write has just
+        failed for lack of space, so at least one group goes.
+        """
+        needed = self._last_size or self._raw_size(job)
+        while disk_full or self._free_bytes() - needed < self.min_free_bytes:
+            victims = self._pass or (self._fail if not job.is_pass else None)
+            if not victims:  # nothing that may go: skip a PASS; try a FAIL all the same unless the disk is full
+                return not (job.is_pass or disk_full)
+            self._evict(victims, "low disk space")
+            disk_full = False
+        return True
+
+    @staticmethod
+    def _raw_size(job: _Job) -> int:
+        """Bytes of the raw images: a bound on the group's files (PNG and JPEG are smaller)."""
+        return sum(image.nbytes for image in (job.result.frame, job.result.overlay) if image is not None)
+
+    def _free_bytes(self) -> int:
+        try:
+            return shutil.disk_usage(self.root).free
+        except OSError:
+            return 0
 
     def _keep(self, verdict: Verdict) -> bool:
         if verdict != Verdict.PASS:
@@ -214,14 +281,16 @@ class Archive:
 
     def _enforce_cap(self) -> None:
         while self._bytes > self.max_bytes and (self._pass or self._fail):
-            queue = self._pass if self._pass else self._fail
-            group = queue.popleft()
-            if queue is self._fail:
-                log.warning("archive cap reached with no PASS frames left: deleting the oldest FAIL",
-                            extra=kv(stem=group.stem, max_mb=self.settings.max_mb))
-            self._bytes -= group.size
-            self._delete(group)
-            self.deleted += 1
+            self._evict(self._pass if self._pass else self._fail, "cap")
+
+    def _evict(self, groups: deque[_Group], why: str) -> None:
+        group = groups.popleft()
+        if groups is self._fail:
+            log.warning(f"archive {why}: no PASS frames left, deleting the oldest FAIL",
+                        extra=kv(stem=group.stem, max_mb=self.settings.max_mb, min_free_mb=self.settings.min_free_mb))
+        self._bytes -= group.size
+        self._delete(group)
+        self.deleted += 1
 
     def _delete(self, group: _Group) -> None:
         for path in group.paths():

@@ -1,8 +1,11 @@
-"""Where and how to reach the broker: URL parsing, topic names, TLS file checks and credentials (no paho here)."""
+"""Where and how to reach the broker: URL parsing, topic names, TLS set-up, credentials, and why a connection fails
+(no paho here)."""
 
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -85,3 +88,51 @@ def credentials(settings: MqttSettings) -> tuple[str | None, str | None]:
     if password and not username:
         raise ConfigError(f"${settings.password_env} is set but ${settings.username_env} (the MQTT user) is not")
     return username, password
+
+
+def tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """The client's TLS context: the CA (or the system's), the client certificate, host-name checking.
+
+    Built here rather than by paho, so that ``diagnose`` can run the same handshake and say what failed.
+
+    Raises:
+        ConfigError: A file cannot be loaded (not PEM, key does not match the certificate, ...).
+    """
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"mqtt.tls: cannot load the TLS files ({tls.ca_file}, {tls.cert_file}): {exc}") from exc
+    if tls.insecure:
+        context.check_hostname = False
+    return context
+
+
+def diagnose(address: BrokerAddress, context: ssl.SSLContext | None, timeout_s: float = 5.0) -> str:
+    """Why the broker at ``address`` cannot be reached, in words: a TCP or a TLS failure, and what to check.
+
+    paho reports every failed attempt alike; this repeats the attempt up to the end of the TLS handshake (the
+    MQTT CONNECT that follows is paho's, and its refusal comes with a reason code).
+    """
+    where = f"{address.host}:{address.port}"
+    try:
+        sock = socket.create_connection((address.host, address.port), timeout=timeout_s)
+    except OSError as exc:
+        return f"cannot open a TCP connection to {where}: {exc.strerror or exc} (is the broker running, the host " \
+               "and port right, a firewall in between?)"
+    with sock:
+        if context is None:
+            return f"{where} accepts TCP connections but the MQTT connection failed (is it an MQTT port? a TLS " \
+                   "port needs mqtts://)"
+        try:
+            with context.wrap_socket(sock, server_hostname=address.host):
+                return f"{where}: TCP and the TLS handshake work; the MQTT connection failed after them"
+        except ssl.SSLCertVerificationError as exc:
+            return f"TLS: the certificate of {where} was not accepted: {exc.verify_message} (check mqtt.tls.ca_file " \
+                   "and that the host name in mqtt.url is one the certificate names)"
+        except ssl.SSLError as exc:
+            return f"TLS handshake with {where} failed: {exc.reason or exc} (a client certificate the broker " \
+                   "requires or rejects? mqtt.tls.cert_file, mqtt.tls.key_file; a TLS port at all?)"
+        except OSError as exc:
+            return f"TLS handshake with {where} failed: {exc.strerror or exc}"

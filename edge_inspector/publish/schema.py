@@ -62,6 +62,9 @@ class ResultMessage(_Message):
     mask_png_base64: str | None = Field(
         None, description="Defect mask (uint8, 255 = defect, full frame) as base64 PNG; only on FAIL results "
                           "when mqtt.include_mask is on, else absent.")
+    unspooled: bool | None = Field(
+        None, description="true when the station could not write this result to its disk spool and sent it from "
+                          "memory (a crash before delivery would have lost it); absent otherwise.")
 
     def to_json(self) -> bytes:
         """Compact UTF-8 JSON, optional fields left out when unset."""
@@ -88,13 +91,15 @@ def _optional_float(value) -> float | None:
     return None if value is None else float(value)
 
 
-def build_message(result: InspectionResult, station: str, include_mask: bool = False) -> ResultMessage:
+def build_message(result: InspectionResult, station: str, include_mask: bool = False,
+                  unspooled: bool = False) -> ResultMessage:
     """The message for ``result`` (whose ``sequence`` must already be assigned).
 
     Args:
         result: The judged part.
         station: Station name placed in the message.
         include_mask: Attach the defect mask as base64 PNG, for non-PASS results that have one.
+        unspooled: Mark the message as sent without a spool copy (``"unspooled": true``).
     """
     fields = {
         "schema_version": SCHEMA_VERSION,
@@ -123,4 +128,6 @@ def build_message(result: InspectionResult, station: str, include_mask: bool = F
     }
     if include_mask and result.mask is not None and result.verdict != Verdict.PASS:
         fields["mask_png_base64"] = encode_mask_png(result.mask)
+    if unspooled:
+        fields["unspooled"] = True
     return ResultMessage(**fields)

@@ -32,23 +32,26 @@ def _video(path, frames=6, size=(64, 48)):
     return path
 
 
-def test_folder_is_sorted_labelled_and_skips_masks_and_unreadable_files(tmp_path):
+def test_folder_is_sorted_labelled_skips_masks_and_keeps_unreadable_files_as_errors(tmp_path):
     source = open_source(_mvtec(tmp_path / "cat"))
     assert isinstance(source, FolderSource)
     source.open()
     frames = []
     while (frame := source.read()) is not None:
         frames.append(frame)
-    assert [f.name for f in frames] == ["test/crack/000.png", "test/good/000.png", "test/good/001.png"]
-    assert [f.label for f in frames] == [True, False, False]
-    assert frames[0].image.shape == (20, 30, 3) and [f.index for f in frames] == [0, 1, 2]
+    names = ["test/crack/000.png", "test/good/000.png", "test/good/001.png", "test/good/broken.png"]
+    assert [f.name for f in frames] == names
+    assert [f.label for f in frames] == [True, False, False, False]
+    assert frames[0].image.shape == (20, 30, 3) and [f.index for f in frames] == [0, 1, 2, 3]
+    assert [f.error is None for f in frames] == [True, True, True, False]
+    assert frames[3].image is None and "broken.png is not an image" in frames[3].error
 
 
 def test_folder_loops_when_asked(tmp_path):
     source = FolderSource(_mvtec(tmp_path / "cat"), CaptureSettings(loop=True))
     source.open()
-    names = [source.read().name for _ in range(5)]
-    assert names[3] == names[0] and names[4] == names[1]
+    names = [source.read().name for _ in range(6)]
+    assert names[4] == names[0] and names[5] == names[1]
 
 
 def test_folder_labels():

@@ -34,11 +34,11 @@ def test_threshold_command_over_mqtt_changes_verdicts(mosquitto, tmp_path):
         assert subscriber.wait_for(lambda s: any(b'"online"' in p for p in s.on(topics.status)))
         subscriber.publish(topics.cmd, json.dumps({"kind": "trigger", "part_id": "A-1"}))
         assert subscriber.wait_for(lambda s: len(s.on(topics.result)) == 1)
-        subscriber.publish(topics.cmd, json.dumps({"kind": "set_threshold", "value": 1000, "id": "r1"}))
+        subscriber.publish(topics.cmd, json.dumps({"kind": "set_threshold", "value": 0.3, "id": "r1"}))
         assert subscriber.wait_for(lambda s: len(s.on(topics.cmd_response)) == 2)  # the trigger's, then this one
         answer = json.loads(subscriber.on(topics.cmd_response)[1])
-        assert answer["ok"] and answer["id"] == "r1" and answer["result"]["threshold"] == 1000
-        assert subscriber.wait_for(lambda s: any(b'"threshold": 1000' in p for p in s.on(topics.status)))
+        assert answer["ok"] and answer["id"] == "r1" and answer["result"]["threshold"] == 0.3  # the spot scores 0.12
+        assert subscriber.wait_for(lambda s: any(b'"threshold": 0.3' in p for p in s.on(topics.status)))
         subscriber.publish(topics.cmd, json.dumps({"kind": "trigger", "part_id": "A-2"}))
         assert subscriber.wait_for(lambda s: len(s.on(topics.result)) == 2)
         line.join(timeout=20)

@@ -157,13 +157,12 @@ def test_software_trigger_and_run_time_threshold_change(engine, bundle, tmp_path
     deadline = time.monotonic() + 10
     while len(sink.results) < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
-    answer = loop.apply_command(Command("set_threshold", value=1000.0))
-    assert answer["threshold"] == 1000.0
+    answer = loop.apply_command(Command("set_threshold", value=0.3))  # the spot scores 0.12: passes now
+    assert answer["threshold"] == 0.3
     loop.apply_command(Command("trigger", part_id="plc-2"))
     while len(sink.results) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    loop.apply_command(Command("set_threshold", value=1.0))
-    loop.apply_command(Command("set_sensitivity", value=0.99))  # effective threshold 1.0 * 0.01 / 0.99: rejects again
+    loop.apply_command(Command("set_sensitivity", value=0.8))  # effective threshold 0.3 * 0.2 / 0.8: rejects again
     loop.apply_command(Command("trigger", part_id="plc-3"))
     assert loop.wait(10)
     loop.stop()

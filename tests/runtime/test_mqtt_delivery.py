@@ -218,7 +218,7 @@ def test_publisher_thread_outlives_a_disk_error(mosquitto, tmp_path):
     subscriber = Subscriber(mosquitto, [TOPICS.result])
     publisher = ResultPublisher(MqttSettings(url=mosquitto.url, topic_prefix="test",
                                              spool_dir=str(tmp_path / "spool")), STATION)
-    real_peek = publisher._spool.peek
+    real_peek = publisher._outbox._spool.peek
     failures = []
 
     def peek_failing_once(*args, **kwargs):  # the disk hiccups once, as flash storage does
@@ -227,7 +227,7 @@ def test_publisher_thread_outlives_a_disk_error(mosquitto, tmp_path):
             raise sqlite3.OperationalError("disk I/O error")
         return real_peek(*args, **kwargs)
 
-    publisher._spool.peek = peek_failing_once
+    publisher._outbox._spool.peek = peek_failing_once
     for i in range(3):
         publisher.publish(make_result(i, Verdict.FAIL))
     publisher.start()

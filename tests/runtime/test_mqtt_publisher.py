@@ -53,7 +53,7 @@ def test_results_arrive_in_order_with_every_schema_field(mosquitto, tmp_path, to
     assert late.wait_for(lambda s: s.messages)
     topic, payload, retained = late.messages[0]
     assert retained and json.loads(payload) | {"ts": None} == {
-        "state": "online", "station": STATION, "model_id": "m-7", "version": "0.1.0", "ts": None}
+        "state": "online", "station": STATION, "model_id": "m-7", "version": "0.1.0", "problems": [], "ts": None}
     late.close()
 
     publisher.stop()
