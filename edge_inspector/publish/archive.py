@@ -93,7 +93,9 @@ class Archive:
         self._bytes = 0
         self._pass_credit = 0.0
         self.deleted = 0
-        """Groups deleted to honour the cap since start."""
+        """Groups deleted to honour the cap or the free-space floor since start."""
+        self.deleted_fail = 0
+        """Of those, FAIL/UNKNOWN groups (only ever when no PASS group was left)."""
         self.errors = 0
         """Writes that failed (logged; the line goes on)."""
         self.skipped_busy = 0
@@ -286,8 +288,11 @@ class Archive:
     def _evict(self, groups: deque[_Group], why: str) -> None:
         group = groups.popleft()
         if groups is self._fail:
-            log.warning(f"archive {why}: no PASS frames left, deleting the oldest FAIL",
-                        extra=kv(stem=group.stem, max_mb=self.settings.max_mb, min_free_mb=self.settings.min_free_mb))
+            self.deleted_fail += 1
+            if self.deleted_fail == 1:  # once: at steady state every new FAIL replaces an old one
+                log.warning(f"archive {why}: no PASS frames left, deleting the oldest FAIL frames from now on "
+                            "(counted in deleted_fail)", extra=kv(stem=group.stem, max_mb=self.settings.max_mb,
+                                                                   min_free_mb=self.settings.min_free_mb))
         self._bytes -= group.size
         self._delete(group)
         self.deleted += 1
