@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from edge_inspector.bundle.store import Bundle
 from edge_inspector.bundle.thresholds import ThresholdPolicy
 from edge_inspector.data.folders import Category, holdout_split, load_images, scan_category
@@ -102,6 +104,7 @@ def train(
             f"preset {chosen.name}, {spec.width}x{spec.height}, attention {spec.attention}")
     log.info("training data", extra=kv(data=used))
     images = load_images(fit_paths, spec.width, spec.height, spec.resize, progress=progress, desc="training images")
+    torch.manual_seed(chosen.train.seed)  # the auto-encoder's initial weights come from the preset's seed too
     model = build_model(spec)
     work = Path(work_dir) if work_dir else default_work_dir(out)
     report = fit(model, images, chosen.train, work, resume=resume, progress=progress, preset=chosen)

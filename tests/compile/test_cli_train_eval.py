@@ -190,3 +190,16 @@ def test_evaluate_from_python_returns_what_the_command_writes(dataset, stand_in_
     assert isinstance(result, EvalResult) and result.out == tmp_path / "api"
     assert json.loads((result.out / "result.json").read_text()) == json.loads(json.dumps(result.report, default=str))
     assert result.summary().startswith("tiles:") and result.report["engine"] == "onnxruntime"
+
+
+@pytest.mark.slow
+def test_training_is_reproducible_from_its_seed(trained, dataset, tmp_path):
+    """Same data, preset and seed -> the same weights, whatever ran before in the process (the auto-encoder's
+    initial weights come from the preset's seed too, not from the process's random state)."""
+    torch.rand(7)  # move the process's random state on
+    out = tmp_path / "again"
+    assert main(["train", "--data", str(dataset), "--out", str(out), "--no-progress", *TINY]) == 0
+    first = torch.load(trained.with_name("bundle.work") / "checkpoints" / "last.pt", weights_only=True)["model"]
+    again = torch.load(out.with_name("again.work") / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
