@@ -23,8 +23,9 @@ from typing import Literal
 
 import numpy as np
 
+from edge_inspector.config import load_model
 from edge_inspector.errors import ConfigError
-from edge_inspector.model.presets import ModelSpec
+from edge_inspector.model.presets import ModelSpec, Preset
 
 REFERENCE_PIXELS = 256 * 256
 """The square input the presets were designed at; costs are quoted against it."""
@@ -178,6 +179,18 @@ def choose_input_size(
 
 MAX_SIDE = 16384
 """No input side beyond this is considered."""
+
+
+def sides_set(spec: ModelSpec) -> set[str]:
+    """The sides ('width', 'height') a preset file or override set; the built-in presets leave both to the data."""
+    return {"width", "height"} & spec.model_fields_set
+
+
+def with_input_size(preset: Preset, choice: InputSizeChoice) -> Preset:
+    """``preset`` at the chosen width x height (validated again, so the checkpoint records the size trained)."""
+    data = preset.model_dump(mode="json")
+    data["model"].update(width=choice.width, height=choice.height)
+    return load_model(Preset, data, f"preset {preset.name} at the chosen input size {choice.width}x{choice.height}")
 
 
 def _fitting_sides(spec: ModelSpec, up_to: float) -> list[int]:

@@ -155,3 +155,15 @@ def test_unreadable_file_is_a_data_error(tmp_path):
     good = tmp_path / "good.png"
     cv2.imwrite(str(good), np.zeros((5, 9), np.uint8))
     assert read_image_sizes([good, good]) == [(9, 5), (9, 5)]
+
+
+def test_builtin_presets_leave_the_size_to_the_data_and_user_sides_are_kept():
+    from edge_inspector.model.input_size import sides_set, with_input_size
+
+    assert sides_set(LITE) == set() and sides_set(PAPER) == set()
+    assert sides_set(spec_with("model.width=128")) == {"width"}
+    assert sides_set(spec_with("model.width=128", "model.height=64")) == {"width", "height"}
+    preset = load_preset("haloae-lite")
+    sized = with_input_size(preset, choose_input_size([(200, 500)], preset.model))
+    assert (sized.model.width, sized.model.height) == (192, 448) and sides_set(sized.model) == {"width", "height"}
+    assert sized.model_dump(exclude={"model"}) == preset.model_dump(exclude={"model"})
