@@ -103,6 +103,22 @@ class QuantizationSpec(StrictModel):
     """The engine the activation grids were calibrated for (``calibrate --target``)."""
 
 
+class InputSizeRecord(StrictModel):
+    """How ``train`` chose the input size (``edge_inspector.model.input_size``); the size itself is ``input``."""
+
+    source: Literal["auto", "width set", "height set", "config"]
+    """auto: both sides from the training images; 'width set' / 'height set': the other side from them; config: both
+    set by the user."""
+    reason: str
+    pixel_budget: int = Field(gt=0)
+    """``model.input_pixels`` at training."""
+    warnings: list[str] = []
+    """What looked risky in the images' sizes (mixed orientations, spread aspect ratios or sizes, a stretch)."""
+    image_sizes: dict[str, float | list[int]]
+    """Statistics of the training images' sizes: count, medians, aspect (h/w) median and 10-90 % range, portrait and
+    landscape shares, scale spread, width and height ranges."""
+
+
 class TrainingInfo(StrictModel):
     preset: str
     backbone: str
@@ -115,6 +131,8 @@ class TrainingInfo(StrictModel):
     epochs: int = Field(ge=0)
     seed: int
     duration_s: float | None = None
+    input_size: InputSizeRecord | None = None
+    """How the input size was chosen (absent in bundles exported from a checkpoint or written before it existed)."""
 
 
 class ParitySpec(StrictModel):

@@ -2,6 +2,8 @@
 
 A thin shell over ``edge_inspector.workflows.train.train``: fits HaloAE on ``train/good`` minus a seeded holdout
 slice, exports the FP32 bundle with thresholds from that holdout, checks ONNX Runtime against torch, prints a summary.
+Before training it prints the input size: chosen from the training images' sizes unless ``model.width`` /
+``model.height`` are set (README, "Input size").
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use only the first N training images (sorted names; for quick checks)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="preset overrides, e.g. train.epochs=5 model.attention=block_mean")
+                        help="preset overrides, e.g. train.epochs=5 model.attention=block_mean; model.width and "
+                             "model.height fix the input size (default: from the training images' sizes)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,6 +34,6 @@ def main(args: argparse.Namespace) -> int:
 
     result = train(args.data, args.out, args.config, args.overrides, work_dir=args.work_dir, resume=args.resume,
                    thresholds=threshold_policy(args) or DEFAULT_POLICY, max_images=args.max_images,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, announce=print)
     print(result.summary())
     return 0

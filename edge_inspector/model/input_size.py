@@ -131,12 +131,12 @@ class InputSizeChoice:
         return "\n".join(lines)
 
     def record(self) -> dict:
-        """JSON-ready record of the choice (what the manifest keeps)."""
+        """JSON-ready record of why (the manifest's ``training.input_size``; the size itself is the input spec)."""
         stats = asdict(self.statistics)
         stats = {k: list(v) if isinstance(v, tuple) else round(v, 4) if isinstance(v, float) else v
                  for k, v in stats.items()}
-        return {"width": self.width, "height": self.height, "source": self.source, "reason": self.reason,
-                "pixel_budget": self.pixel_budget, "warnings": list(self.warnings), "image_sizes": stats}
+        return {"source": self.source, "reason": self.reason, "pixel_budget": self.pixel_budget,
+                "warnings": list(self.warnings), "image_sizes": stats}
 
 
 def choose_input_size(

@@ -214,7 +214,7 @@ def fit(
     log.info("training", extra=kv(images=len(images), epochs=spec.epochs, steps_per_epoch=steps_per_epoch, threads=threads))
     started, steps = time.perf_counter(), 0
     bar = tqdm(total=steps_per_epoch * spec.epochs, initial=start_epoch * steps_per_epoch, disable=not progress,
-               unit="step", desc="train")
+               unit="step", desc=f"train {model.spec.width}x{model.spec.height}")
     model.train()
     try:
         for epoch in range(start_epoch, spec.epochs):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge_inspector.bundle.manifest import TrainingInfo
+from edge_inspector.bundle.manifest import InputSizeRecord, TrainingInfo
 from edge_inspector.bundle.store import Bundle
 from edge_inspector.bundle.thresholds import ThresholdPolicy
 from edge_inspector.data.folders import Category, data_fingerprint, holdout_split, load_images, scan_category
@@ -72,6 +72,7 @@ def export_model(
     *,
     epochs: int = 0,
     duration_s: float | None = None,
+    input_size: InputSizeRecord | None = None,
     progress: bool = True,
 ) -> ExportResult:
     """Choose the head, fit normal statistics on the holdout, set thresholds, write the bundle, check ORT parity.
@@ -82,7 +83,8 @@ def export_model(
         category: the scanned MVTec-layout folder it was trained on.
         out: bundle folder to write.
         thresholds: target false-reject and pixel false-positive rates on the held-back good images.
-        epochs, duration_s: recorded in the manifest's training section.
+        epochs, duration_s, input_size: recorded in the manifest's training section (``input_size``: how ``train``
+            chose the input size).
         progress: show progress bars.
 
     Raises:
@@ -103,6 +105,7 @@ def export_model(
         epochs=epochs,
         seed=preset.train.seed,
         duration_s=duration_s,
+        input_size=input_size,
     )
     name = f"{category.name}-{Path(preset.name).stem}"
     bundle = export_bundle(scorer, Path(out), name, spec.resize, stats, stats.thresholds(thresholds), info, holdout,

@@ -9,23 +9,31 @@ resumes from the last one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from edge_inspector.bundle.manifest import InputSizeRecord
 from edge_inspector.bundle.store import Bundle
 from edge_inspector.bundle.thresholds import ThresholdPolicy
 from edge_inspector.data.folders import Category, holdout_split, load_images, scan_category
+from edge_inspector.data.image_sizes import read_image_sizes
+from edge_inspector.engines.latency import LatencyStats, engine_runner, interleaved_latency
+from edge_inspector.engines.ort import OrtEngine
 from edge_inspector.errors import ConfigError
 from edge_inspector.log import kv
 from edge_inspector.model.haloae import build_model
+from edge_inspector.model.input_size import InputSizeChoice, choose_input_size, sides_set, with_input_size
 from edge_inspector.model.presets import load_preset
 from edge_inspector.training.trainer import FitReport, fit
 from edge_inspector.workflows.export import ExportResult, export_model
 
 log = logging.getLogger(__name__)
+
+LATENCY_RUNS = 30
+"""ONNX Runtime runs timed on the written bundle for the summary (a few hundred ms at the default size)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,10 @@ class TrainResult:
     """The bundle written from the trained model, its parity check and normal statistics."""
     data: str
     """Which images were used: the category, how many fitted and held back, the preset and input size."""
+    input_size: InputSizeChoice
+    """The model input size, where it came from and why (also in the manifest's ``training.input_size``)."""
+    latency: LatencyStats
+    """ONNX Runtime latency of one image through the written bundle, on this machine."""
 
     @property
     def bundle(self) -> Bundle:
@@ -45,7 +57,7 @@ class TrainResult:
 
     def summary(self) -> str:
         """What was trained and written, in a few lines for a person."""
-        report = self.fit
+        report, size = self.fit, self.input_size
         resumed = f" (resumed at epoch {report.resumed_from_epoch})" if report.resumed_from_epoch else ""
         losses = " ".join(f"{k} {v:.4f}" for k, v in report.losses.items())
         return "\n".join([
@@ -53,6 +65,8 @@ class TrainResult:
             f"trained     {report.epochs_run} of {report.epochs_total} epochs{resumed}, {report.steps} steps in "
             f"{report.duration_s:.0f} s; last epoch {losses}; checkpoint {report.checkpoint}",
             self.export.summary(),
+            f"latency     ONNX Runtime on this machine, one {size.width}x{size.height} image: {self.latency.text()}; "
+            f"{size.cost:.2f}x the pixels of 256x256 (time grows roughly with the pixels)",
         ])
 
 
@@ -73,6 +87,7 @@ def train(
     thresholds: ThresholdPolicy = ThresholdPolicy(),
     max_images: int | None = None,
     progress: bool = True,
+    announce: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train HaloAE on the good images of ``data`` and write the FP32 bundle to ``out``.
 
@@ -86,6 +101,8 @@ def train(
         thresholds: target false-reject and pixel false-positive rates on the held-back good images.
         max_images: use only the first N training images (sorted names; for quick checks).
         progress: show progress bars.
+        announce: called before training starts with the input size chosen, the image size statistics behind it
+            and any warnings, for a person (the command line prints it).
 
     Raises:
         ConfigError: a malformed override or a bad preset value.
@@ -98,6 +115,12 @@ def train(
     category = scan_category(data)
     if max_images:
         category = Category(category.root, category.train[:max_images], category.test)
+    size = choose_input_size(read_image_sizes(category.train, progress), chosen.model, sides_set(chosen.model))
+    chosen = with_input_size(chosen, size)
+    log.info("input size", extra=kv(width=size.width, height=size.height, source=size.source,
+                                    warnings=len(size.warnings)))
+    if announce:
+        announce(size.summary())
     spec = chosen.model
     fit_paths, holdout_paths = holdout_split(category, chosen.train)
     used = (f"{category.root}: {len(fit_paths)} images to fit, {len(holdout_paths)} held back; "
@@ -109,5 +132,15 @@ def train(
     work = Path(work_dir) if work_dir else default_work_dir(out)
     report = fit(model, images, chosen.train, work, resume=resume, progress=progress, preset=chosen)
     exported = export_model(model, chosen, category, out, thresholds, epochs=report.epochs_total,
-                            duration_s=report.duration_s, progress=progress)
-    return TrainResult(report, exported, used)
+                            duration_s=report.duration_s, input_size=InputSizeRecord(**size.record()),
+                            progress=progress)
+    return TrainResult(report, exported, used, size, bundle_latency(exported.bundle))
+
+
+def bundle_latency(bundle: Bundle, runs: int = LATENCY_RUNS) -> LatencyStats:
+    """ONNX Runtime latency of one image through ``bundle`` (its calibration images, the line's engine settings)."""
+    engine = OrtEngine(bundle)
+    try:
+        return interleaved_latency({"bundle": engine_runner(engine, bundle.calibration_images())}, runs).stats("bundle")
+    finally:
+        engine.close()

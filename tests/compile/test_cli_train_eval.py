@@ -92,6 +92,7 @@ def test_train_writes_a_bundle_from_train_good_minus_the_holdout(trained, datase
     bundle = load_bundle(trained)
     m = bundle.manifest
     assert (m.input.width, m.input.height) == (64, 64)
+    assert m.training.input_size.source == "config"  # the overrides' size wins over the images' (96x80)
     assert m.training.preset == "haloae-lite" and m.training.attention == "halo" and m.training.epochs == 1
     assert (m.training.n_fit, m.training.n_holdout) == (9, 3)  # 12 train/good images, 25 % held back
     assert m.score.image.n == 3 and m.thresholds.image > 0 and m.thresholds.pixel > 0

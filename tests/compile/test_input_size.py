@@ -115,7 +115,7 @@ def test_statistics_and_record():
     assert math.isclose(stats.portrait_share, 2 / 3) and math.isclose(stats.landscape_share, 1 / 3)
     record = choose_input_size([(200, 500)] * 3, LITE).record()
     assert json.loads(json.dumps(record)) == record
-    assert record["image_sizes"]["count"] == 3 and record["width"] == 192 and record["pixel_budget"] == 65536
+    assert record["image_sizes"]["count"] == 3 and record["source"] == "auto" and record["pixel_budget"] == 65536
     summary = choose_input_size([(200, 500)] * 3, LITE).summary()
     assert "192x448 (auto)" in summary and "1.31x the pixels of 256x256" in summary
 
@@ -167,3 +167,14 @@ def test_builtin_presets_leave_the_size_to_the_data_and_user_sides_are_kept():
     sized = with_input_size(preset, choose_input_size([(200, 500)], preset.model))
     assert (sized.model.width, sized.model.height) == (192, 448) and sides_set(sized.model) == {"width", "height"}
     assert sized.model_dump(exclude={"model"}) == preset.model_dump(exclude={"model"})
+
+
+def test_a_config_file_that_sets_the_size_wins(tmp_path):
+    from edge_inspector.model.input_size import sides_set
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("model:\n  width: 128\n  height: 128\n")
+    spec = load_preset(str(path)).model
+    assert sides_set(spec) == {"width", "height"}
+    choice = choose_input_size([(200, 500)], spec, sides_set(spec))
+    assert (choice.width, choice.height, choice.source) == (128, 128, "config")
