@@ -40,6 +40,8 @@ ASPECT_SPREAD_WARNING = 1.5
 """Warn when the 90th percentile aspect ratio exceeds the 10th by this factor."""
 SCALE_SPREAD_WARNING = 2.0
 """Warn when the 90th percentile side length (square root of the area) exceeds the 10th by this factor."""
+MAX_SIDE = 16384
+"""No input side beyond this is considered."""
 STRETCH_WARNING = 1.25
 """Warn when a user-set size stretches the median image by more than this factor."""
 
@@ -151,7 +153,7 @@ def choose_input_size(
         fixed: the sides the user set ('width', 'height'); their values in ``spec`` are kept.
 
     Raises:
-        ConfigError: no sizes, or no fitting side near the ideal one.
+        ConfigError: no sizes, a side that is not positive, or a model layout no side up to MAX_SIDE fits.
     """
     unknown = set(fixed) - {"width", "height"}
     if unknown:
@@ -175,10 +177,6 @@ def choose_input_size(
         reason = _auto_reason(spec, aspect, width, height)
     return InputSizeChoice(width, height, source, reason, tuple(_warnings(stats, spec, width, height)), stats,
                            spec.input_pixels)
-
-
-MAX_SIDE = 16384
-"""No input side beyond this is considered."""
 
 
 def sides_set(spec: ModelSpec) -> set[str]:
