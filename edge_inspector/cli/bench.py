@@ -1,7 +1,7 @@
 """``edge-inspector bench``: inference latency of one or more bundles on every engine available here, side by side.
 
-Every configuration (bundle x engine x threads) runs once per cycle, in a rotating order (``ops.bench``); p50/p99
-over the cycles, and ratios to the first bundle on the same engine and threads as medians of same-cycle ratios.
+Per engine setting (engine x threads), every bundle runs once per cycle, in a rotating order (``ops.bench``); p50/p99
+over the cycles, and ratios to the first bundle on the same setting as medians of same-cycle ratios.
 
     edge-inspector bench --model models/demo
     edge-inspector bench --model fp32.bundle --models w8a8.bundle --threads 1 2 --runs 200 --json bench.json
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model bundle folder (the reference for the ratios)")
     parser.add_argument("--models", nargs="+", default=[], metavar="BUNDLE", help="more bundles, compared with --model")
     parser.add_argument("--runs", type=int, default=100,
-                        help="timed cycles; each runs every configuration once (default 100)")
+                        help="timed cycles per engine setting; each runs every bundle once (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed inferences per configuration first (default 10)")
     parser.add_argument("--threads", type=int, nargs="+", default=[0], metavar="N",
                         help="ONNX Runtime intra-op threads to try (0 = one per core; default 0)")

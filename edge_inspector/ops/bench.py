@@ -1,10 +1,10 @@
 """Inference latency of bundles on every engine available here, side by side (what ``edge-inspector bench`` runs).
 
-For each bundle, each engine (ONNX Runtime on the CPU always, per thread setting; TensorRT when ``engines.select``
-finds a plan that matches this GPU) is one variant of the interleaved timer (``engines.latency``): every cycle runs
-every configuration once, in a rotating order, on the bundle's calibration images in turn, so a change of load on a
-shared machine hits all of them alike. Ratios compare each row with the first bundle on the same engine and
-threads, as the median of their same-cycle ratios.
+For each engine setting (ONNX Runtime on the CPU always, per thread count; TensorRT when ``engines.select`` finds a
+plan that matches this GPU) the bundles are the variants of the interleaved timer (``engines.latency``): every
+cycle runs every bundle once, in a rotating order, on its calibration images in turn, so a change of load on a
+shared machine hits all of them alike. Ratios compare each row with the first bundle on the same engine setting, as
+the median of their same-cycle ratios.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from edge_inspector.bundle.store import Bundle
 from edge_inspector.config import EngineSettings
 from edge_inspector.engines.base import Engine
-from edge_inspector.engines.latency import Latency, engine_runner, interleaved_latency
+from edge_inspector.engines.latency import engine_runner, interleaved_latency
 from edge_inspector.engines.records import format_table
 from edge_inspector.engines.select import open_engine
 from edge_inspector.errors import ConfigError, EdgeInspectorError
@@ -139,26 +139,33 @@ def open_rows(bundles: list[Bundle], options: BenchOptions) -> list[tuple[Row, E
     return opened
 
 
-def time_rows(opened: list[tuple[Row, Engine | None, np.ndarray]], options: BenchOptions) -> Latency | None:
-    """Time every configuration that runs here, interleaved; fills their rows. None when none runs."""
-    runners = {str(i): engine_runner(engine, images) for i, (_, engine, images) in enumerate(opened) if engine}
-    if not runners:
-        return None
-    latency = interleaved_latency(runners, options.runs, options.warmup, progress="bench")
-    for key in runners:
-        row, stats = opened[int(key)][0], latency.stats(key)
-        row.n, row.mean_ms, row.p50_ms, row.p99_ms, row.fps = stats.n, stats.mean, stats.p50, stats.p99, 1e3 / stats.mean
-    first = opened[0][0].bundle
-    reference = {(row.backend, row.threads): str(i) for i, (row, engine, _) in enumerate(opened)
-                 if row.bundle == first and engine}
-    for key in runners:
-        row = opened[int(key)][0]
-        ref = reference.get((row.backend, row.threads))
-        if ref is not None:
-            row.speedup_vs_first = latency.ratio(ref, reference=key)
-            ref_bytes = opened[int(ref)][0].weight_bytes
-            row.weight_ratio_vs_first = row.weight_bytes / ref_bytes if ref_bytes else None
-    return latency
+def time_rows(opened: list[tuple[Row, Engine | None, np.ndarray]], options: BenchOptions) -> None:
+    """Time every configuration that runs here and fill its row: the bundles on one engine setting (backend and
+    threads) interleaved with each other, one setting after the other.
+
+    Why not every configuration in one interleaving: no ratio is taken across settings, and sessions with other
+    thread counts disturb each other in one process (models/demo with ``--spin-wait``, load ~15 on 2 cores: the
+    1-thread p50 came out 24% above the earlier block-by-block timing when interleaved with the 2-thread session,
+    within noise of it when timed alone).
+    """
+    first = opened[0][0].bundle if opened else None
+    settings: dict[tuple[str, int | None], list[int]] = {}
+    for i, (row, engine, _) in enumerate(opened):
+        if engine is not None:
+            settings.setdefault((row.backend, row.threads), []).append(i)
+    for (backend, threads), indices in settings.items():
+        runners = {str(i): engine_runner(opened[i][1], opened[i][2]) for i in indices}
+        title = backend if threads is None else f"{backend} threads={threads or 'auto'}"
+        latency = interleaved_latency(runners, options.runs, options.warmup, progress=f"bench {title}")
+        reference = next((i for i in indices if opened[i][0].bundle == first), None)
+        for i in indices:
+            row, stats = opened[i][0], latency.stats(str(i))
+            row.n, row.mean_ms, row.p50_ms, row.p99_ms = stats.n, stats.mean, stats.p50, stats.p99
+            row.fps = 1e3 / stats.mean
+            if reference is not None:
+                row.speedup_vs_first = latency.ratio(str(reference), reference=str(i))
+                ref_bytes = opened[reference][0].weight_bytes
+                row.weight_ratio_vs_first = row.weight_bytes / ref_bytes if ref_bytes else None
 
 
 def bench(bundles: list[Bundle], options: BenchOptions) -> BenchResult:

@@ -84,3 +84,27 @@ def test_precision_and_weight_bytes_come_from_the_manifest_when_it_has_them(bund
     quantized = bundle.manifest.model_copy(update={"quantization": quant})
     assert precision(quantized) == "qdq keepx1 w4a8x1 w8a8x2"
     assert weight_bytes(type(bundle)(bundle.path, quantized)) == 1234
+
+
+def test_bundles_interleave_within_an_engine_setting_not_across(bundles):
+    """Sessions with other thread counts would disturb each other's timing; ratios never cross settings anyway."""
+    from edge_inspector.config import EngineSettings
+    from edge_inspector.engines.ort import OrtEngine
+    from edge_inspector.ops.bench import BenchOptions, Row, bench_images, time_rows
+
+    calls: list[tuple[str, int]] = []
+    opened = []
+    for threads in (1, 2):
+        for path in bundles:
+            bundle = load_bundle(path)
+            engine = OrtEngine(bundle, EngineSettings(intra_op_threads=threads))
+            infer = engine.infer
+            engine.infer = lambda image, key=(bundle.manifest.model_id, threads), infer=infer: (
+                calls.append(key) or infer(image))
+            row = Row(bundle.manifest.model_id, str(path), "onnxruntime", threads, "fp32", TINY_WEIGHT_BYTES)
+            opened.append((row, engine, bench_images(bundle)[0]))
+    time_rows(opened, BenchOptions(runs=3, warmup=0, threads=(1, 2)))
+    assert calls == [("tiny-64", 1), ("tiny-96", 1), ("tiny-96", 1), ("tiny-64", 1), ("tiny-64", 1), ("tiny-96", 1),
+                     ("tiny-64", 2), ("tiny-96", 2), ("tiny-96", 2), ("tiny-64", 2), ("tiny-64", 2), ("tiny-96", 2)]
+    assert all(row.n == 3 and row.speedup_vs_first > 0 for row, _, _ in opened)
+    assert [row.speedup_vs_first for row, _, _ in opened][::2] == [1.0, 1.0]
