@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge_inspector.log import kv
+from edge_inspector.publish.counter_mirror import CounterMirror
 from edge_inspector.publish.spool import DISCARDABLE, Spool, SpoolEntry, SpoolError, stored_last_sequence
 from edge_inspector.publish.spool_repair import quarantine, salvage
 
@@ -98,14 +99,21 @@ class Outbox:
         self._closed = False
         self._spool: Spool | None = None
         try:
-            self._spool = self._open(0)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # the spool says what is wrong with the folder, just below
+        self._mirror = CounterMirror(self.path.with_name(self.path.name + ".counter"))
+        try:
+            self._spool = self._open(self._mirror.read())
         except SpoolError as exc:
             if not exc.full:  # a folder that cannot be written at all is a configuration error: refuse to start
+                self._mirror.close()
                 raise
             self._failed(exc)  # a full disk is a condition of the moment: start, hold in memory, retry
             self._reopen_at = time.monotonic() + REOPEN_EVERY_S
-        # Without a spool open, numbering still goes on from the counter the file holds: never a number twice.
-        self._last_sequence = self._spool.last_sequence if self._spool is not None else stored_last_sequence(path)
+        # Without a spool open, numbering still goes on from the highest counter saved: never a number twice.
+        self._last_sequence = (self._spool.last_sequence if self._spool is not None
+                               else max(stored_last_sequence(path), self._mirror.read()))
 
     # ------------------------------------------------------------------ the publisher's side
     def add(self, verdict: str, make_payload: PayloadBuilder) -> int:
@@ -117,20 +125,21 @@ class Outbox:
         with self._lock:
             spool = self._usable_spool()
             if spool is None:
+                payload = make_payload(self._last_sequence + 1, True)
                 self._last_sequence += 1
-                return self._hold(SpoolEntry(self._last_sequence, verdict, make_payload(self._last_sequence, True)))
+                return self._hold(SpoolEntry(self._last_sequence, verdict, payload))
             try:
                 self._last_sequence = spool.append(verdict, lambda sequence: make_payload(sequence, False))
             except SpoolError as exc:
                 self._last_sequence = sequence = exc.sequence
                 if exc.corrupt and self._replace_damaged():
-                    return self.add_entry(SpoolEntry(sequence, verdict, make_payload(sequence, False)), make_payload)
+                    return self._store(SpoolEntry(sequence, verdict, make_payload(sequence, False)), make_payload)
                 self._failed(exc)
                 return self._hold(SpoolEntry(sequence, verdict, make_payload(sequence, True)))
             self._recovered()
             return self._last_sequence
 
-    def add_entry(self, entry: SpoolEntry, make_payload: PayloadBuilder) -> int:
+    def _store(self, entry: SpoolEntry, make_payload: PayloadBuilder) -> int:
         """Store an already numbered result in the spool, or hold it (rebuilt as unspooled) when that fails."""
         with self._lock:
             if self._spool is not None:
@@ -147,11 +156,13 @@ class Outbox:
             spool = self._usable_spool()
             if spool is None:
                 self._last_sequence += 1
+                self._mirror.write(self._last_sequence)
                 return self._last_sequence
             try:
                 self._last_sequence = spool.reserve()
             except SpoolError as exc:
                 self._last_sequence = exc.sequence
+                self._mirror.write(self._last_sequence)
                 self._failed(exc)
             else:
                 self._recovered()
@@ -226,9 +237,11 @@ class Outbox:
             if self._spool is not None:
                 self._spool.close()
                 self._spool = None
+            self._mirror.close()
 
     # ------------------------------------------------------------------ memory
     def _hold(self, entry: SpoolEntry) -> int:
+        self._mirror.write(max(entry.sequence, self._last_sequence))
         self._unspooled += 1
         self._held[entry.sequence] = entry
         self._held_bytes += len(entry.payload)
@@ -303,6 +316,7 @@ class Outbox:
         return self._spool
 
     def _open(self, last_sequence: int) -> Spool:
+        last_sequence = max(last_sequence, self._mirror.read())
         try:
             return Spool(self.path, self.max_bytes, self.sync, last_sequence)
         except SpoolError as exc:

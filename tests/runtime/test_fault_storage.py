@@ -205,3 +205,27 @@ def test_the_line_on_a_full_spool_disk_keeps_judging_and_readyz_says_why(mosquit
         subscriber.close()
     assert done["stats"]["counts"]["judged"] == 150
     assert set(messages(subscriber)) == set(range(1, 151))  # every part reached the broker
+
+
+def test_a_restart_while_the_spool_is_still_full_never_reuses_a_number(small_fs):
+    from edge_inspector.publish.outbox import Outbox  # new in issue 15
+
+    fs = small_fs(512)
+    path = fs.path / "spool" / "results.sqlite"
+
+    def payload(sequence, unspooled):
+        return json.dumps({"sequence": sequence, "unspooled": unspooled}).encode()
+
+    first = Outbox(path, max_bytes=1 << 20)
+    assert [first.add("PASS", payload) for _ in range(5)] == [1, 2, 3, 4, 5]
+    fs.fill()
+    assert [first.add("FAIL", payload) for _ in range(10)] == list(range(6, 16))  # held in memory, unsaved
+    first.close()  # the process ends while the disk is still full
+    second = Outbox(path, max_bytes=1 << 20)  # the disk is still full
+    assert second.add("FAIL", payload) == 16  # not 6: that number went to another result before the restart
+    assert second.health.storage_error is not None and second.health.held == 1
+    second.close()
+    fs.free()
+    third = Outbox(path, max_bytes=1 << 20)
+    assert third.add("PASS", payload) == 17 and third.health.storage_error is None
+    third.close()

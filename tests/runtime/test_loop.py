@@ -230,3 +230,14 @@ def test_a_crashing_stage_stops_the_loop_and_says_why(engine, bundle):
     loop.judge = None  # a bug in the decision stage (not guarded per part, unlike engine errors)
     stats = loop.run()
     assert stats["failure"] and "decision" in stats["failure"] and sink.closed
+
+
+def test_latency_window_keeps_the_latest_samples_in_fixed_memory():
+    from edge_inspector.pipeline.stats import WINDOW, LoopStats
+
+    stats = LoopStats()
+    for i in range(WINDOW + 500):
+        stats.record("inference", float(i))
+    summary = stats.latency()["inference"]
+    assert summary["n"] == WINDOW and summary["mean"] == (500 + WINDOW + 499) / 2  # the oldest 500 are gone
+    assert set(stats.latency()) == {"inference"}
