@@ -145,6 +145,14 @@ class LatestFrameReader:
             frame, self._latest = self._latest, None
             return frame
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 10.0) -> None:
+        """End the reader thread, then release the source: releasing an OpenCV capture while another thread is
+        inside its read crashes the process (FFmpeg backend). A read ends within ``capture.read_timeout_s``."""
+        self.source.stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=wait_s)
+        if self._thread.is_alive():
+            log.error("capture reader did not stop; leaving its source open rather than release it under a read",
+                      extra=kv(source=self.name))
+            return
         self.source.close()
-        self._thread.join(timeout=2.0)
