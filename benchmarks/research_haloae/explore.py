@@ -32,6 +32,7 @@ from edge_inspector.training.losses import ssim
 HERE = Path(__file__).resolve().parent
 LOG = HERE.parent / "results" / "research_haloae13_validation.jsonl"
 FINAL_LOG = HERE.parent / "results" / "research_haloae13_final.jsonl"
+MODELS = HERE.parent / "work" / "research_haloae" / "models"
 
 BASE = {
     "name": "base",
@@ -53,6 +54,9 @@ BASE = {
     "probe": False,
     "eval_reduce": 2,
     "variants": None,
+    "locations": ["loc8", "loc16"],
+    "measures": ["local_mse", "local_stagemse"],
+    "weights": [1.0],
 }
 
 
@@ -184,18 +188,22 @@ def error_maps(model: ResearchAE, grids: torch.Tensor, data: Prepared, layers: l
 def run(cfg: dict, final: bool, cache: Cache) -> list[dict]:
     data = Prepared(cache, cfg, with_corrupt=cfg["denoise"] > 0)
     model, info = train(cfg, data)
+    MODELS.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": cfg, "state": model.state_dict(), "mean": data.mean, "std": data.std},
+               MODELS / f"{cfg['name']}.pt")
     ev = Evaluator(cache, cfg["size"], data.grid, reduce=1 if final else cfg["eval_reduce"])
     parts = (["validation"] + (["probe"] if cfg["probe"] else [])) if not final else ["test_rest", "full"]
     grids = {"holdout": data.holdout}
     for part in parts:
         grids[part] = data.norm(ev.grid_of(part, cfg["layers"]))
     raw = {part: error_maps(model, g, data, cfg["layers"]) for part, g in grids.items()}
-    loc = location_maps(cache, data.grid, parts)
-    for part in raw:
-        raw[part]["location"] = loc[part]
+    for which in cfg["locations"]:
+        loc = location_maps(cache, data.grid, parts, which)
+        for part in raw:
+            raw[part][which] = loc[part]
     rows = []
     started = time.perf_counter()
-    for variant, maps in ev.variants(raw).items():
+    for variant, maps in ev.variants(raw, cfg["measures"], tuple(cfg["weights"])).items():
         if cfg["variants"] and variant not in cfg["variants"]:
             continue
         for part in parts:

@@ -12,30 +12,37 @@ from edge_inspector.model.location import LocationGaussian
 from edge_inspector.training.metrics import evaluate_scores
 from edge_inspector.training.scoring import topk_count
 
-from features import Cache, to_grid
+from features import STAGE_CHANNELS, Cache
 
-LOCATION_LAYERS = ["stage4", "stage5", "stage6"]
 TOPK = 0.01
 PIXEL_FPR = 0.001
 _location_cache: dict = {}
 
 
-def location_maps(cache: Cache, grid: tuple[int, int], parts: list[str]) -> dict[str, torch.Tensor]:
-    """The shipped location head (8x8 cells at 256, PCA 128, shrinkage 0.01, blur 0.5) fitted on the fit images;
-    its raw maps on holdout and ``parts``, bilinearly brought to ``grid`` (as ``HaloAE.location_map`` does)."""
-    key = (cache.width, cache.height, grid, tuple(parts))
+LOCATION_HEADS = {
+    "loc8": (["stage4", "stage5", "stage6"], 32, 128),
+    "loc16": (["stage4", "stage5", "stage6"], 16, 64),
+}
+"""name -> (layers, input pixels per cell, PCA dims). loc8: the shipped head (8x8 cells at 256, 1M floats);
+loc16: 16x16 cells with 64 dims (the same 1M floats)."""
+
+
+def location_maps(cache: Cache, grid: tuple[int, int], parts: list[str], which: str = "loc8") -> dict[str, torch.Tensor]:
+    """A location head (shrinkage 0.01, blur 0.5) fitted on the fit images; its raw maps on holdout and ``parts``,
+    bilinearly brought to ``grid`` (as ``HaloAE.location_map`` does)."""
+    key = (cache.width, cache.height, grid, tuple(parts), which)
     if key in _location_cache:
         return _location_cache[key]
-    loc_grid = (cache.height // 32, cache.width // 32)
-    head = LocationGaussian(sum(80 if n == "stage4" else 112 if n == "stage5" else 192 for n in LOCATION_LAYERS),
-                            loc_grid, 128, 0.01, 0.5)
-    head.fit(cache.train.grid(LOCATION_LAYERS, loc_grid, cache.train_index("fit")))
+    layers, stride, dims = LOCATION_HEADS[which]
+    loc_grid = (cache.height // stride, cache.width // stride)
+    head = LocationGaussian(sum(STAGE_CHANNELS[n] for n in layers), loc_grid, dims, 0.01, 0.5)
+    head.fit(cache.train.grid(layers, loc_grid, cache.train_index("fit")))
     ev = Evaluator(cache, [cache.width, cache.height], grid)
     out = {}
     with torch.no_grad():
         for part in ["holdout", *parts]:
-            g = (cache.train.grid(LOCATION_LAYERS, loc_grid, cache.train_index("holdout")) if part == "holdout"
-                 else ev.grid_of(part, LOCATION_LAYERS, loc_grid))
+            g = (cache.train.grid(layers, loc_grid, cache.train_index("holdout")) if part == "holdout"
+                 else ev.grid_of(part, layers, loc_grid))
             out[part] = torch.nn.functional.interpolate(head(g), size=grid, mode="bilinear", align_corners=False)
     _location_cache[key] = out
     return out
@@ -83,35 +90,46 @@ class Evaluator:
         index = self.cache.test_index(part)
         return self.cache.test_types(index).tolist(), self.cache.test.masks[index][:, :: self.reduce, :: self.reduce]
 
-    def finish(self, grid_maps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 1, gh, gw) -> ((N, H, W) maps, (N,) top-1 % scores), as ``AnomalyScorer.refine`` + ``score``."""
+    def finish(self, grid_maps: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, 1, gh, gw) -> ((N, H, W) maps, (N,) top-1 % scores, (N,) max scores), as ``AnomalyScorer.refine``
+        + ``score``."""
         maps = upsample_bilinear(blur(grid_maps.float(), self.kernel), (self.height, self.width))
         flat = maps.flatten(1)
         k = topk_count(self.height, self.width, TOPK)
         scores = torch.topk(flat, k, dim=1, sorted=False).values.mean(1)
-        return maps[:, 0].numpy(), scores.numpy()
+        return maps[:, 0].numpy(), scores.numpy(), flat.amax(1).numpy()
 
-    def variants(self, raw: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
-        """Scoring variant name -> part -> (N, 1, gh, gw) map, each normal statistic from the holdout only."""
+    def variants(self, raw: dict[str, dict[str, torch.Tensor]], measures: list[str] | None = None,
+                 weights: tuple[float, ...] = (1.0,)) -> dict[str, dict[str, torch.Tensor]]:
+        """Scoring variant name -> part -> (N, 1, gh, gw) map, each normal statistic from the holdout only.
+
+        Maps named 'loc*' are location heads; the others reconstruction measures. Each measure is normalised
+        'absmean' (the package's |map - mean map|) or 'cell' (per-cell z-score); fused maps add every location head's
+        map and the reconstruction map, each z-scored over all holdout cells, the reconstruction weighted by w.
+        """
         parts = list(raw)
         normal = raw["holdout"]
-        out: dict[str, dict[str, torch.Tensor]] = {"location": {p: raw[p]["location"] for p in parts}}
-        for measure in [m for m in normal if m != "location"]:
+        locs = [m for m in normal if m.startswith("loc")]
+        out: dict[str, dict[str, torch.Tensor]] = {loc: {p: raw[p][loc] for p in parts} for loc in locs}
+        loc_z = {loc: {p: standardise_global(raw[p][loc], normal[loc]) for p in parts} for loc in locs}
+        for measure in measures or [m for m in normal if not m.startswith("loc")]:
             for norm_name, norm in (("absmean", absmean), ("cell", standardise_cell)):
                 rec = {p: norm(raw[p][measure], normal[measure]) for p in parts}
                 out[f"rec:{measure}:{norm_name}"] = rec
-                loc_z = {p: standardise_global(raw[p]["location"], normal["location"]) for p in parts}
                 rec_z = {p: standardise_global(rec[p], rec["holdout"]) for p in parts}
-                out[f"fused:{measure}:{norm_name}"] = {p: loc_z[p] + rec_z[p] for p in parts}
+                for loc in locs:
+                    for w in weights:
+                        out[f"fused:{loc}+{measure}:{norm_name}:w{w:g}"] = {p: loc_z[loc][p] + w * rec_z[p]
+                                                                         for p in parts}
         return out
 
     def evaluate(self, part: str, grid_maps: torch.Tensor, holdout_maps: torch.Tensor) -> dict:
         types, masks = self.labels_of(part)
-        maps, scores = self.finish(grid_maps)
-        normal_maps, normal_scores = self.finish(holdout_maps)
+        maps, scores, max_scores = self.finish(grid_maps)
+        normal_maps, normal_scores, _ = self.finish(holdout_maps)
         pixel_threshold = quantile_threshold(normal_maps[:, ::4, ::4], PIXEL_FPR)
         image_threshold = quantile_threshold(normal_scores, 0.01)
-        res = evaluate_scores({"topk": scores}, types, maps, masks, image_threshold, pixel_threshold)
+        res = evaluate_scores({"topk": scores, "max": max_scores}, types, maps, masks, image_threshold, pixel_threshold)
         overall = res.pop("overall")
         keys = ("image_auroc", "pixel_auroc", "aupro", "pixel_f1")
         type_mean = {k: float(np.mean([r[k] for r in res.values()])) for k in keys if k in overall}
