@@ -23,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threshold_arguments(parser)
     parser.add_argument("--max-images", type=int, default=None,
                         help="use only the first N training images (sorted names; for quick checks)")
+    parser.add_argument("--group-by", metavar="REGEX", default=None,
+                        help="hold back whole parts: a regular expression whose first capture group, searched in "
+                             "each file name, names the part (e.g. 'part(\\d+)_'); stored as train.group_by")
+    parser.add_argument("--group-gap", type=int, metavar="N", default=None,
+                        help="with --group-by capturing a frame number: numbers within N of the previous one "
+                             "belong to the same part (magnetic_tile: --group-by 'num_(\\d+)' --group-gap 150)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="preset overrides, e.g. train.epochs=5 model.attention=block_mean; model.width and "
@@ -34,6 +40,7 @@ def main(args: argparse.Namespace) -> int:
 
     result = train(args.data, args.out, args.config, args.overrides, work_dir=args.work_dir, resume=args.resume,
                    thresholds=threshold_policy(args) or DEFAULT_POLICY, max_images=args.max_images,
+                   group_by=args.group_by, group_gap=args.group_gap,
                    progress=not args.no_progress, announce=print)
     print(result.summary())
     return 0

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from edge_inspector.data.groups import group_keys, split_by_group
 from edge_inspector.errors import DataError
 from edge_inspector.preprocess import ResizeMode, to_model_input
 
@@ -132,18 +133,25 @@ def split_holdout(paths: tuple[Path, ...] | list[Path], fraction: float, seed: i
 
 
 def holdout_split(category: Category, train: TrainSpec) -> tuple[list[Path], list[Path]]:
-    """The (fit, holdout) split of ``category.train`` that the training settings define (their fraction and seed).
+    """The (fit, holdout) split of ``category.train`` that the training settings define (their fraction and seed;
+    whole parts at a time when ``train.group_by`` is set, ``data/groups.py``).
 
     Training, export, evaluation of a checkpoint and calibration all call this, so every one of them holds back the
     same images.
 
     Raises:
-        DataError: ``train.holdout_fraction`` is 0 (normal statistics and thresholds need held-back images), or
-            ``split_holdout`` refuses the split.
+        DataError: ``train.holdout_fraction`` is 0 (normal statistics and thresholds need held-back images), a
+            group pattern does not fit the file names, or the split is refused.
     """
     if train.holdout_fraction <= 0:
         raise DataError("train.holdout_fraction is 0: normal statistics and thresholds need held-back good images")
-    return split_holdout(category.train, train.holdout_fraction, train.seed)
+    if train.group_by is None:
+        if train.group_gap is not None:
+            raise DataError("train.group_gap needs train.group_by (the pattern that captures the frame number)")
+        return split_holdout(category.train, train.holdout_fraction, train.seed)
+    paths = list(category.train)
+    groups = group_keys(paths, train.group_by, train.group_gap)
+    return split_by_group(paths, groups, train.holdout_fraction, train.seed)
 
 
 def data_fingerprint(paths: list[Path] | tuple[Path, ...], root: Path) -> str:

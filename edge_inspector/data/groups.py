@@ -22,7 +22,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_inspector.data.folders import read_image
 from edge_inspector.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -120,7 +119,10 @@ def thumbnails(paths: list[Path], side: int = THUMBNAIL_SIDE) -> np.ndarray:
     """(N, side * side) gray thumbnails, each standardised to zero mean and unit norm (exposure-invariant)."""
     out = np.empty((len(paths), side * side), np.float32)
     for i, path in enumerate(paths):
-        gray = cv2.cvtColor(read_image(Path(path)), cv2.COLOR_BGR2GRAY).astype(np.float32)
+        gray = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if gray is None:
+            raise DataError(f"Cannot read image {path} (corrupt or not an image)")
+        gray = gray.astype(np.float32)
         t = cv2.resize(gray, (side, side), interpolation=cv2.INTER_AREA).ravel()
         t -= t.mean()
         out[i] = t / max(float(np.linalg.norm(t)), 1e-6)

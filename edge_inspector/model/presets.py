@@ -184,6 +184,13 @@ class TrainSpec(StrictModel):
     """torch CPU threads; 0 = every core."""
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     """Share of the training good images held back from fitting, for normal statistics and thresholds."""
+    group_by: str | None = None
+    """Regular expression whose first capture group, searched in each file name, names the part the image shows:
+    the holdout then takes whole parts (``data/groups.py``), so no held-back image has a sibling frame in the fit
+    set. None: images are held back one by one."""
+    group_gap: int | None = Field(None, ge=0)
+    """With ``group_by`` capturing a number (a frame counter): numbers within this gap of the previous one, sorted,
+    belong to the same part (magnetic_tile: ``group_by='num_(\\d+)'``, ``group_gap=150``)."""
     hflip: bool = True
     """Random horizontal flips of the originals (off for parts with a handedness)."""
     vflip: bool = True

@@ -19,6 +19,7 @@ from edge_inspector.bundle.manifest import InputSizeRecord
 from edge_inspector.bundle.store import Bundle
 from edge_inspector.bundle.thresholds import ThresholdPolicy
 from edge_inspector.data.folders import Category, holdout_split, load_images, scan_category
+from edge_inspector.data.groups import NEAR_DUPLICATE_WARN_SHARE, near_duplicates
 from edge_inspector.data.image_sizes import read_image_sizes
 from edge_inspector.engines.latency import LatencyStats, engine_runner, interleaved_latency
 from edge_inspector.engines.ort import OrtEngine
@@ -26,7 +27,7 @@ from edge_inspector.errors import ConfigError
 from edge_inspector.log import kv
 from edge_inspector.model.haloae import build_model
 from edge_inspector.model.input_size import InputSizeChoice, choose_input_size, sides_set, with_input_size
-from edge_inspector.model.presets import load_preset
+from edge_inspector.model.presets import Preset, TrainSpec, load_preset
 from edge_inspector.training.trainer import FitReport, fit
 from edge_inspector.workflows.export import ExportResult, export_model
 
@@ -86,6 +87,8 @@ def train(
     resume: bool = False,
     thresholds: ThresholdPolicy = ThresholdPolicy(),
     max_images: int | None = None,
+    group_by: str | None = None,
+    group_gap: int | None = None,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
 ) -> TrainResult:
@@ -100,9 +103,11 @@ def train(
         resume: continue an interrupted run from its last checkpoint.
         thresholds: target false-reject and pixel false-positive rates on the held-back good images.
         max_images: use only the first N training images (sorted names; for quick checks).
+        group_by, group_gap: hold back whole parts (``train.group_by`` / ``train.group_gap``; they win over the
+            preset's and are stored in the checkpoint, so export and eval hold back the same images).
         progress: show progress bars.
-        announce: called before training starts with the input size chosen, the image size statistics behind it
-            and any warnings, for a person (the command line prints it).
+        announce: called before training starts with the input size chosen, the image size statistics behind it,
+            how the holdout was drawn and any warnings, for a person (the command line prints it).
 
     Raises:
         ConfigError: a malformed override or a bad preset value.
@@ -112,6 +117,8 @@ def train(
     if bad:
         raise ConfigError(f"unexpected argument(s) {bad}: overrides are key=value, e.g. train.epochs=5")
     chosen = load_preset(preset, list(overrides))
+    if group_by is not None or group_gap is not None:
+        chosen = with_grouping(chosen, group_by, group_gap)
     category = scan_category(data)
     if max_images:
         category = Category(category.root, category.train[:max_images], category.test)
@@ -123,6 +130,9 @@ def train(
         announce(size.summary())
     spec = chosen.model
     fit_paths, holdout_paths = holdout_split(category, chosen.train)
+    guard = holdout_report(fit_paths, holdout_paths, chosen.train)
+    if announce:
+        announce(guard)
     used = (f"{category.root}: {len(fit_paths)} images to fit, {len(holdout_paths)} held back; "
             f"preset {chosen.name}, {spec.width}x{spec.height}, attention {spec.attention}")
     log.info("training data", extra=kv(data=used))
@@ -135,6 +145,33 @@ def train(
                             duration_s=report.duration_s, input_size=InputSizeRecord(**size.record()),
                             progress=progress)
     return TrainResult(report, exported, used, size, bundle_latency(exported.bundle))
+
+
+def with_grouping(preset: Preset, group_by: str | None, group_gap: int | None) -> Preset:
+    """``preset`` with the holdout drawn by part (``train.group_by`` / ``train.group_gap`` replaced)."""
+    settings = {**preset.train.model_dump(), "group_by": group_by, "group_gap": group_gap}
+    return preset.model_copy(update={"train": TrainSpec.model_validate(settings)})
+
+
+def holdout_report(fit_paths: list[Path], holdout_paths: list[Path], settings: TrainSpec) -> str:
+    """How the holdout was drawn and how many held-back images have a near-duplicate among the fit images
+    (``data.groups.near_duplicates``); logged, and a warning when the share is high."""
+    dups = near_duplicates(fit_paths, holdout_paths)
+    how = (f"by part (group_by {settings.group_by!r}" + (f", group_gap {settings.group_gap})" if settings.group_gap
+                                                          is not None else ")")
+           if settings.group_by else "image by image (no train.group_by)")
+    text = (f"holdout     {len(holdout_paths)} of {len(fit_paths) + len(holdout_paths)} images held back {how}; "
+            f"{dups.n_with_duplicate} have a near-duplicate among the fit images")
+    log.info("holdout", extra=kv(held=len(holdout_paths), near_duplicates=dups.n_with_duplicate,
+                                 group_by=settings.group_by))
+    if dups.share > NEAR_DUPLICATE_WARN_SHARE:
+        pairs = ", ".join(f"{a} ~ {b}" for a, b, _ in dups.examples[:3])
+        warning = (f"{dups.share:.0%} of the held-back images have a near-duplicate in the fit set (e.g. {pairs}): "
+                   "thresholds and the head choice will be optimistic. If several images show one part, hold back "
+                   "whole parts: --group-by REGEX (a capture group of the file name naming the part)")
+        log.warning("holdout has near-duplicates in the fit set", extra=kv(share=round(dups.share, 3)))
+        text += f"\nwarning     {warning}"
+    return text
 
 
 def bundle_latency(bundle: Bundle, runs: int = LATENCY_RUNS) -> LatencyStats:

@@ -8,8 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_inspector.cli import main
+from edge_inspector.data.folders import Category, holdout_split, scan_category
 from edge_inspector.data.groups import group_keys, near_duplicates, split_by_group
 from edge_inspector.errors import DataError
+from edge_inspector.model.presets import TrainSpec
+from edge_inspector.workflows.train import holdout_report
 
 
 def test_group_keys_from_capture():
@@ -77,3 +81,44 @@ def test_near_duplicates_flags_another_exposure_of_a_fit_image(tmp_path):
     assert report.n_holdout == 2 and report.n_with_duplicate == 1
     assert report.examples[0][:2] == ("held_sibling.png", "fit1.png")
     assert report.share == 0.5
+
+
+def _category_of_parts(root: Path, parts: int = 6, exposures: int = 3) -> Category:
+    """train/good holds every part under several exposures (part<p>_exp<e>.png): siblings of one part."""
+    rng = np.random.default_rng(1)
+    (root / "train" / "good").mkdir(parents=True)
+    for p in range(parts):
+        texture = cv2.GaussianBlur(rng.integers(0, 255, (48, 48), dtype=np.uint8), (0, 0), 2).astype(np.float32)
+        for e in range(exposures):
+            image = np.clip((texture - texture.mean()) * (0.8 + 0.2 * e) + 100 + 15 * e, 0, 255).astype(np.uint8)
+            _write(root / "train" / "good" / f"part{p}_exp{e}.png", image)
+    return scan_category(root)
+
+
+def test_holdout_split_takes_whole_parts_when_grouped(tmp_path):
+    category = _category_of_parts(tmp_path)
+    fit, held = holdout_split(category, TrainSpec(holdout_fraction=0.3, group_by=r"part(\d+)_"))
+    part = lambda p: p.name.split("_")[0]  # noqa: E731
+    assert {part(p) for p in held}.isdisjoint({part(p) for p in fit})
+    assert len(held) == 6  # two whole parts: 30 % of 18 images, rounded up to whole parts
+    with pytest.raises(DataError, match="group_gap needs train.group_by"):
+        holdout_split(category, TrainSpec(group_gap=3))
+
+
+def test_holdout_report_warns_when_held_back_images_have_siblings_in_the_fit_set(tmp_path):
+    category = _category_of_parts(tmp_path)
+    image_wise = TrainSpec(holdout_fraction=0.3)
+    report = holdout_report(*holdout_split(category, image_wise), image_wise)
+    assert "image by image" in report and "warning" in report and "--group-by" in report
+    grouped = TrainSpec(holdout_fraction=0.3, group_by=r"part(\d+)_")
+    report = holdout_report(*holdout_split(category, grouped), grouped)
+    assert "by part (group_by 'part(\\\\d+)_')" in report and "0 have a near-duplicate" in report
+    assert "warning" not in report
+
+
+def test_train_refuses_a_group_pattern_that_names_no_part(tmp_path, capsys):
+    category = _category_of_parts(tmp_path / "parts")
+    rc = main(["train", "--data", str(category.root), "--out", str(tmp_path / "b"), "--group-by", r"lot(\d+)",
+               "--no-progress", "model.width=64", "model.height=64"])
+    assert rc == 2
+    assert "matches no part name in 18 of 18 file names" in capsys.readouterr().err
