@@ -17,7 +17,7 @@ from tqdm import tqdm
 from edge_inspector.data.folders import Category
 from edge_inspector.engines.latency import LatencyStats
 from edge_inspector.engines.records import machine
-from edge_inspector.training.metrics import evaluate_scores
+from edge_inspector.training.metrics import evaluate_scores, mean_over_types
 from edge_inspector.model.scorer import AGGREGATIONS, aggregate, run_scorer
 
 
@@ -90,4 +90,5 @@ def evaluate_predictions(
         "thresholds": {"image": image_threshold, "pixel": pixel_threshold},
         "latency_ms": LatencyStats.of(predictions.latency_ms).to_dict() if predictions.latency_ms else {},
         "metrics": metrics,
+        "mean_over_types": mean_over_types(metrics),
     }

@@ -35,8 +35,11 @@ def result_table(result: dict[str, Any]) -> str:
     """The metrics as an aligned text table: one row per group (overall first, then each defect type)."""
     metrics = result["metrics"]
     header = ["group", *(name for name, _, _ in _COLUMNS)]
-    rows = [[group, *(fmt.format(metrics[group][key]) if key in metrics[group] else "-" for _, key, fmt in _COLUMNS)]
-            for group in ["overall", *sorted(k for k in metrics if k != "overall")]]
+    groups = {group: metrics[group] for group in ["overall", *sorted(k for k in metrics if k != "overall")]}
+    if result.get("mean_over_types"):
+        groups["mean over types"] = result["mean_over_types"]
+    rows = [[group, *(fmt.format(values[key]) if key in values else "-" for _, key, fmt in _COLUMNS)]
+            for group, values in groups.items()]
     table = format_table(header, rows, right_from=1, rule=True)
     model = result.get("model", {})
     title = (f"{result['dataset']['name']}: {model.get('model_id', model.get('path', '?'))} via {result['engine']}, "

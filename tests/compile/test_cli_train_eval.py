@@ -48,7 +48,7 @@ def test_eval_bundle_through_onnxruntime(dataset, stand_in_bundle, tmp_path, cap
                "--no-progress", "--overlays", "3"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "overall" in printed and "scratch" in printed and "stain" in printed
+    assert "overall" in printed and "scratch" in printed and "stain" in printed and "mean over types" in printed
     result = json.loads((out / "result.json").read_text())
     assert result["engine"] == "onnxruntime" and result["aggregation"] == "max"
     overall = result["metrics"]["overall"]
@@ -57,6 +57,8 @@ def test_eval_bundle_through_onnxruntime(dataset, stand_in_bundle, tmp_path, cap
     assert overall["image_auroc"] > 0.8 and overall["pixel_auroc"] > 0.8
     assert {"image_auroc_mean", "image_auroc_max", "image_auroc_topk", "aupro", "image_f1"} <= set(overall)
     assert result["latency_ms"]["n"] == 10
+    types = [result["metrics"][t]["aupro"] for t in ("scratch", "stain")]
+    assert result["mean_over_types"]["aupro"] == pytest.approx(sum(types) / 2)
     assert len(list((out / "overlays").glob("*.png"))) == 3
     assert (out / "table.txt").read_text().startswith("tiles:")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_inspector.training.metrics import aupro, evaluate_scores, image_auroc, pixel_auroc
+from edge_inspector.training.metrics import aupro, evaluate_scores, image_auroc, mean_over_types, pixel_auroc
 
 
 def test_image_auroc_hand_computed_and_never_flipped():
@@ -74,3 +74,6 @@ def test_evaluate_scores_overall_and_per_type():
     assert overall["pixel_auroc"] == 1.0 and overall["aupro"] == pytest.approx(1.0) and overall["pixel_f1"] == 1.0
     assert result["crack"]["image_auroc"] == pytest.approx(5 / 6)  # .25 vs (.1,.2,.3) 2/3; .9 -> 3/3
     assert result["hole"]["image_auroc"] == 1.0 and result["hole"]["n_images"] == 4
+    # each type once: (5/6 + 1) / 2 for the image AUROC, whatever the types' counts
+    means = mean_over_types(result)
+    assert means["image_auroc"] == pytest.approx((5 / 6 + 1) / 2) and means["pixel_f1"] == 1.0
