@@ -25,7 +25,7 @@ from edge_inspector.export.onnx_export import export_onnx
 from edge_inspector.model.haloae import build_model
 from edge_inspector.model.presets import load_preset
 from edge_inspector.quantization.calibrate import interleaved_latency
-from edge_inspector.training.scoring import make_scorer
+from edge_inspector.model.scorer import make_scorer
 
 from aemodel import ResearchAE
 

@@ -10,7 +10,7 @@ from edge_inspector.bundle.thresholds import quantile_threshold
 from edge_inspector.model.blur import blur, gaussian_kernel, upsample_bilinear
 from edge_inspector.model.location import LocationGaussian
 from edge_inspector.training.metrics import evaluate_scores
-from edge_inspector.training.scoring import topk_count
+from edge_inspector.model.scorer import topk_count
 
 from features import STAGE_CHANNELS, Cache
 
