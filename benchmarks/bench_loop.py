@@ -13,7 +13,7 @@ the loop costs per part while its stages overlap. Target: ``loop_p50_ms <= 1.15 
 the bounded queues of a saturated loop. ``*_cpu_ms_per_frame`` (process CPU time per frame) is the steadier
 comparison on a machine shared with other work.
 
-    .venv/bin/python benchmarks/bench_loop.py --calibrate 100              # models/demo, both sources
+    .venv/bin/python benchmarks/bench_loop.py --calibrate 100              # the demo model, both sources
     .venv/bin/python benchmarks/bench_loop.py --model path/to/bundle --threads 4 --mqtt mqtt://127.0.0.1:1883
 
 Writes benchmarks/results/loop_<model_id>_<source>_<stamp>.json (command, date, machine, fps, loop_p50_ms,
@@ -212,7 +212,7 @@ def run(kind: str, args: argparse.Namespace) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(HERE.parent / "models" / "demo"), help="bundle folder")
+    parser.add_argument("--model", default=str(HERE.parent / "edge_inspector" / "demo_model"), help="bundle folder")
     parser.add_argument("--data", default=str(DATASET), help="MVTec-layout folder whose test/ images are read")
     parser.add_argument("--sources", nargs="+", default=["demo", "magnetic_tile"], choices=["demo", "magnetic_tile"])
     parser.add_argument("--frames", type=int, default=200, help="judged frames per source and round")

@@ -15,6 +15,7 @@ import cv2
 
 from edge_inspector.capture.decoding import read_image
 from edge_inspector.capture.frame import Frame, Source
+from edge_inspector.capture.pacing import Pacer
 from edge_inspector.config import CaptureSettings
 from edge_inspector.errors import SourceError
 from edge_inspector.log import kv
@@ -35,6 +36,7 @@ class VideoSource:
         self.name = f"camera:{spec}" if self.camera_index is not None else spec
         self._capture: cv2.VideoCapture | None = None
         self._index = 0
+        self._pacer = Pacer(None if self.live else self.settings.fps)  # a camera is asked for its fps instead
 
     def open(self) -> None:
         if self.camera_index is None and not self.live and not Path(self.spec).is_file():
@@ -69,6 +71,7 @@ class VideoSource:
     def read(self) -> Frame | None:
         if self._capture is None:
             raise SourceError(f"{self.name} is not open")
+        self._pacer.wait()
         start = time.perf_counter()
         ok, image = self._capture.read()
         decode_ms = (time.perf_counter() - start) * 1e3
@@ -116,6 +119,7 @@ class FolderSource:
         self.files: list[Path] = []
         self._position = 0
         self._index = 0
+        self._pacer = Pacer(self.settings.fps)
 
     def open(self) -> None:
         if not self.folder.is_dir():
@@ -135,6 +139,7 @@ class FolderSource:
             self._position = 0
         path = self.files[self._position]
         self._position += 1
+        self._pacer.wait()
         start = time.perf_counter()
         decoded = read_image(path, self.settings.max_image_pixels)
         decode_ms = (time.perf_counter() - start) * 1e3

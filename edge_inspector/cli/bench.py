@@ -3,7 +3,7 @@
 Per engine setting (engine x threads), every bundle runs once per cycle, in a rotating order (``ops.bench``); p50/p99
 over the cycles, and ratios to the first bundle on the same setting as medians of same-cycle ratios.
 
-    edge-inspector bench --model models/demo
+    edge-inspector bench --model edge_inspector/demo_model
     edge-inspector bench --model fp32.bundle --models w8a8.bundle --threads 1 2 --runs 200 --json bench.json
 """
 

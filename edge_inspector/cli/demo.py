@@ -13,6 +13,7 @@ import socket
 import sys
 from typing import Any
 
+from edge_inspector.cli import log_settings
 from edge_inspector.config import load_run_config
 
 DEFAULT_PARTS = 24
@@ -20,7 +21,7 @@ DEFAULT_PARTS = 24
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parts", type=int, default=DEFAULT_PARTS, help=f"parts on the line (default {DEFAULT_PARTS})")
-    parser.add_argument("--model", default="models/demo", help="model bundle folder (default: models/demo)")
+    parser.add_argument("--model", default="demo", help="model bundle folder (default: demo, the bundled demo model)")
     parser.add_argument("--texture", default="gravel", choices=("brick", "grass", "gravel"), help="product surface")
     parser.add_argument("--defect-rate", type=float, default=0.3, help="share of defective parts (default 0.3)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the line (same seed, same parts)")
@@ -59,6 +60,7 @@ def summarize(results: list) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     from edge_inspector.capture.demo_line import DemoLine, write_demo_dataset
     from edge_inspector.cli.run import run_line
+    from edge_inspector.pipeline.line import resolve_model
     from edge_inspector.pipeline.sinks import CollectingSink
 
     if args.write_dataset:
@@ -71,11 +73,12 @@ def main(args: argparse.Namespace) -> int:
     explicit = {"model": args.model, "source": "demo", "show": args.show, "station": "demo",
                 "mqtt": {"url": args.mqtt, **({} if reachable else {"enabled": False})}, "archive": {"enabled": False}}
     config = load_run_config(None, args.overrides, explicit)
+    log_settings(args, config.logging.level, config.logging.json_lines)
     if config.mqtt.enabled:
         destination = f"publishing to {args.mqtt}"
     else:
         destination = "MQTT off, printing only" if reachable else f"no MQTT broker at {args.mqtt}, printing only"
-    print(f"demo line: {args.parts} parts of {args.texture}, model {config.model}; {destination}")
+    print(f"demo line: {args.parts} parts of {args.texture}, model {resolve_model(config.model)}; {destination}")
     line = DemoLine(config.capture, parts=args.parts, defect_rate=args.defect_rate, texture=args.texture,
                     seed=args.seed, interval_s=args.interval)
     collector = CollectingSink()

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edge_inspector.config import StrictModel, deep_merge, load_model, parse_overrides, read_yaml
+from edge_inspector.config import StrictModel, deep_merge, did_you_mean, load_model, parse_overrides, read_yaml
 from edge_inspector.errors import ConfigError
 
 BUILTIN_PRESETS = ("haloae-lite", "haloae-paper")
@@ -252,9 +252,8 @@ def load_preset(name_or_path: str | None = None, overrides: list[str] | None = N
     elif name_or_path.endswith((".yaml", ".yml")):
         data, origin = read_yaml(name_or_path), name_or_path
     else:
-        raise ConfigError(
-            f"Unknown preset '{name_or_path}'. Built-in: {', '.join(BUILTIN_PRESETS)}; or give a .yaml file path"
-        )
+        raise ConfigError(f"Unknown preset '{name_or_path}'.{did_you_mean(name_or_path, BUILTIN_PRESETS)} "
+                          f"Built-in: {', '.join(BUILTIN_PRESETS)}; or give a .yaml file path")
     data.setdefault("name", name_or_path)
     if overrides:
         data = deep_merge(data, parse_overrides(overrides))

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -27,6 +29,7 @@ from edge_inspector.capture.sources import open_source
 from edge_inspector.config import RunConfig
 from edge_inspector.engines.base import Engine
 from edge_inspector.engines.select import open_engine
+from edge_inspector.errors import ConfigError
 from edge_inspector.log import kv
 from edge_inspector.pipeline.loop import InspectionLoop
 from edge_inspector.pipeline.sinks import LatestResult
@@ -53,13 +56,32 @@ def display_available() -> tuple[bool, str]:
     return True, ""
 
 
-def resolve_model(path: str) -> Path:
-    """The bundle folder: as given, else relative to the repository (so ``models/demo`` works from anywhere)."""
-    given = Path(path)
-    if given.exists() or given.is_absolute():
-        return given
-    beside_repo = Path(__file__).resolve().parents[2] / given
-    return beside_repo if beside_repo.exists() else given
+DEMO_MODEL = "demo"
+"""The ``model`` value that names the bundled demo model (package data: ``edge_inspector/demo_model``)."""
+
+
+def demo_model_dir() -> Path:
+    """The bundled demo model's folder, wherever the package is installed (a wheel carries it as package data)."""
+    return Path(str(resources.files("edge_inspector").joinpath("demo_model")))
+
+
+def resolve_model(spec: str | None) -> Path:
+    """The bundle folder ``model`` names: 'demo' is the bundled demo model, anything else a folder path.
+
+    Raises:
+        ConfigError: no model was given.
+    """
+    if not spec:
+        raise ConfigError("model: no model bundle given; set 'model:' in line.yaml or pass --model <bundle folder> "
+                          "(edge-inspector init writes a line.yaml; edge-inspector demo tries the demo model)")
+    return demo_model_dir() if spec == DEMO_MODEL else Path(spec).expanduser()
+
+
+def is_demo_model(spec: str | None) -> bool:
+    """Whether ``spec`` names the bundled demo model (by name or by its folder)."""
+    if not spec:
+        return False
+    return spec == DEMO_MODEL or Path(spec).expanduser().resolve() == demo_model_dir().resolve()
 
 
 @dataclass
@@ -82,6 +104,12 @@ class Line:
     latest: LatestResult | None
     station: str
     show: bool = False
+    _stop_requested: threading.Event = field(default_factory=threading.Event)
+
+    def request_stop(self) -> None:
+        """Ask ``run`` to end as Ctrl-C does: stop reading, judge what was captured, close the sinks. Safe to call
+        from a signal handler or another thread; returns at once."""
+        self._stop_requested.set()
 
     def apply_command(self, command: Command) -> dict:
         """The publisher's command handler: apply ``command`` to the loop; republish the status if it changed."""
@@ -97,31 +125,33 @@ class Line:
         return {"counts": snap["counts"], "paused": snap["paused"], "camera": snap["source"]}
 
     def run(self, services: Sequence[Service] = ()) -> dict:
-        """Run until the source ends, ``capture.max_frames``, Ctrl-C or 'q' in the preview window.
+        """Run until the source ends, ``capture.max_frames``, ``request_stop`` (SIGINT, SIGTERM) or 'q' in the
+        preview window.
 
-        Starts ``services``, the publisher (an unreachable broker is logged and results are spooled meanwhile) and
-        the loop; at the end stops the loop (which closes its sinks), the services and the engine.
+        Starts the publisher (an unreachable broker is logged and results are spooled meanwhile), the loop, then
+        ``services`` (they see a running loop); at the end stops the loop (which judges what was captured and
+        closes its sinks), the services and the engine.
 
         Returns:
             The loop's stats snapshot (``InspectionLoop.snapshot``).
         """
-        for service in services:
-            service.start()
         if self.publisher is not None:
             self.publisher.start()
         try:
             self.loop.start()
         except BaseException:
             if self.publisher is not None:
-                self.publisher.stop(drain_timeout=0)
-            for service in services:
-                service.stop()
+                self.publisher.stop(drain_timeout=0)  # the loop never ran, so it will not close its sinks
             raise
+        started: list[Service] = []
         try:
+            for service in services:
+                service.start()
+                started.append(service)
             self._wait()
         finally:
             self.loop.stop()
-            for service in services:
+            for service in reversed(started):
                 service.stop()
             self.engine.close()
             if self.show:
@@ -134,7 +164,7 @@ class Line:
         """Wait for the loop's end; with a preview window, draw the newest picture meanwhile (GUI calls belong to
         the main thread)."""
         preview = self.latest if self.show else None
-        while not self.loop.wait(0.03 if preview else 0.2):  # short waits keep Ctrl-C responsive
+        while not self.loop.wait(0.03 if preview else 0.2) and not self._stop_requested.is_set():
             if preview is not None and preview.image is not None:
                 cv2.imshow(f"edge-inspector {self.station}", preview.image)
                 if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
@@ -156,6 +186,9 @@ def build_line(config: RunConfig, *, source: Source | None = None, sinks: Sequen
         BundleError, EngineError, ConfigError, SourceError, SpoolError: something named in ``config`` cannot be
             opened (the message says what).
     """
+    if source is None and not config.source:
+        raise ConfigError("source: no frame source given; set 'source:' in line.yaml or pass --camera N / --source "
+                          "<video, rtsp:// URL or image folder> (edge-inspector init writes a line.yaml)")
     bundle = load_bundle(resolve_model(config.model))
     engine = open_engine(bundle, config.engine)
     source = source or open_source(config.source, config.capture)

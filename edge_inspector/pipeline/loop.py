@@ -187,13 +187,14 @@ class InspectionLoop:
         return run
 
     def _put(self, q: queue.Queue, item) -> bool:
-        """Blocking put that gives up when the loop is stopping (False)."""
+        """Blocking put; a new frame is given up when the loop is stopping (False), a part already taken is not:
+        a stop judges every part that entered the line."""
         while True:
             try:
                 q.put(item, timeout=0.1)
                 return True
             except queue.Full:
-                if self._stop.is_set() and item is not _END:
+                if self._stop.is_set() and q is self._q_infer:
                     return False
 
     def _next_frame(self) -> Frame | None:

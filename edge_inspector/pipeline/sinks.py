@@ -96,3 +96,26 @@ class LatestResult:
         """(why the newest part was judged fail-safe or None, monotonic time it was judged or None)."""
         with self._lock:
             return self._error, self._judged_at
+
+
+class FailSafeWatch:
+    """Counts parts judged fail-safe and keeps the first reason, so a run that judged nothing properly (an ROI
+    outside the frame, a model that does not fit the camera) can end with a clear error instead of success."""
+
+    def __init__(self) -> None:
+        self.judged = 0
+        self.fail_safe = 0
+        self.first_error: str | None = None
+
+    def handle(self, result: InspectionResult) -> None:
+        self.judged += 1
+        if result.error:
+            self.fail_safe += 1
+            self.first_error = self.first_error or result.error
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def all_fail_safe(self) -> bool:
+        return self.judged > 0 and self.fail_safe == self.judged

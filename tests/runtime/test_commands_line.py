@@ -80,7 +80,7 @@ def test_show_without_a_display_says_so_and_runs(bundle_dir, parts, monkeypatch,
 
 
 def test_demo_runs_the_bundled_model_and_summarises(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # models/demo is found beside the package, not in the current folder
+    monkeypatch.chdir(tmp_path)  # the demo model is package data, found from any folder
     code = cli.main(["demo", "--parts", "10", "--mqtt", "mqtt://127.0.0.1:1"])
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and "printing only" in out[0]

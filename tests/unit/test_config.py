@@ -2,14 +2,14 @@
 
 import pytest
 
-from edge_inspector.config import RunConfig, dump_defaults, load_run_config, parse_overrides
+from edge_inspector.config import RunConfig, dump_defaults, load_run_config, parse_overrides, with_state_paths
 from edge_inspector.errors import ConfigError
 
 
 def test_defaults_round_trip_through_yaml(tmp_path):
     path = tmp_path / "line.yaml"
     path.write_text(dump_defaults())
-    assert load_run_config(path) == RunConfig()
+    assert load_run_config(path) == with_state_paths(RunConfig())
 
 
 def test_precedence_defaults_file_overrides_explicit(tmp_path):
