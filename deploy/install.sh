@@ -2,6 +2,7 @@
 # Set up edge-inspector in ./.venv on a fresh Debian/Ubuntu machine (or Jetson).
 #   deploy/install.sh          run-time only: the line, ONNX Runtime, MQTT (no torch)
 #   deploy/install.sh dev      + training/calibration (torch CPU build) + test tools + a Mosquitto broker binary
+#                              + Debian's chromium for the dashboard's browser test
 # On a Jetson (/etc/nv_tegra_release exists) the venv sees the system's Python packages, so JetPack's own TensorRT
 # (python3-libnvinfer) is used; TensorRT is never installed from PyPI there (PyPI's aarch64 wheels are for ARM
 # servers and would shadow JetPack's). pycuda is built against JetPack's CUDA. On a desktop GPU, add the extra for
@@ -29,6 +30,10 @@ fi
 # The deploy-stack test checks the Prometheus config and every Grafana query with promtool (Debian's prometheus).
 if [ "$profile" = dev ] && ! command -v promtool >/dev/null; then
   apt_packages+=(prometheus)
+fi
+# The dashboard test drives Debian's Chromium through Playwright (never Playwright's own browser download).
+if [ "$profile" = dev ] && [ ! -x /usr/bin/chromium ]; then
+  apt_packages+=(chromium)
 fi
 # The TLS tests make throw-away certificates with openssl (mosquitto_passwd comes with mosquitto).
 if [ "$profile" = dev ] && ! command -v openssl >/dev/null; then

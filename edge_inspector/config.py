@@ -176,10 +176,13 @@ class ArchiveSettings(StrictModel):
 
 class HttpSettings(StrictModel):
     port: int = Field(0, ge=0, le=65535)
-    """/metrics, /healthz, /readyz, /preview.jpg on this port; 0 = off."""
+    """The web dashboard (/) and /metrics, /healthz, /readyz, /preview.jpg on this port; 0 = off."""
     host: str = "127.0.0.1"
     """Address to listen on: 127.0.0.1 = this machine only; 0.0.0.0 = every interface (containers, a plant
     network; the read-only pages then have no authentication)."""
+    token_env: str = "EDGE_INSPECTOR_HTTP_TOKEN"
+    """Name of the environment variable holding the token the dashboard's write actions (threshold, sensitivity,
+    pause, resume) need; without that variable the dashboard is read-only."""
 
 
 class LoggingSettings(StrictModel):

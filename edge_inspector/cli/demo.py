@@ -17,6 +17,7 @@ from edge_inspector.cli import log_settings
 from edge_inspector.config import load_run_config
 
 DEFAULT_PARTS = 24
+DEFAULT_HTTP_PORT = 8080
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between parts (0 = as fast as judged)")
     parser.add_argument("--mqtt", metavar="URL", default="mqtt://127.0.0.1:1883", help="publish here if reachable")
     parser.add_argument("--show", action="store_true", help="open a local preview window")
+    parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
+                        help=f"serve the web dashboard here while the demo runs (default {DEFAULT_HTTP_PORT}, the "
+                             "next free port if taken; 0 = off)")
     parser.add_argument("--write-dataset", metavar="DIR", help="write demo parts in MVTec layout to DIR and exit")
     parser.add_argument("--train-good", type=int, default=200, help="good training images for --write-dataset")
+    parser.add_argument("--test-good", type=int, default=40, help="good test images for --write-dataset")
+    parser.add_argument("--test-defects", type=int, default=20,
+                        help="test images of each defect kind for --write-dataset")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="any line configuration key")
 
 
@@ -43,6 +50,19 @@ def broker_reachable(url: str, timeout_s: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def dashboard_port(wanted: int) -> int:
+    """``wanted`` when it is free on 127.0.0.1, else a free port the system picks (0 stays 0: no dashboard)."""
+    if wanted == 0:
+        return 0
+    for port in (wanted, 0):
+        try:
+            with socket.create_server(("127.0.0.1", port)) as probe:
+                return probe.getsockname()[1]
+        except OSError:
+            continue
+    return 0
 
 
 def summarize(results: list) -> dict[str, Any]:
@@ -64,14 +84,15 @@ def main(args: argparse.Namespace) -> int:
     from edge_inspector.pipeline.sinks import CollectingSink
 
     if args.write_dataset:
-        folder = write_demo_dataset(args.write_dataset, train_good=args.train_good, texture=args.texture,
-                                    seed=args.seed)
+        folder = write_demo_dataset(args.write_dataset, train_good=args.train_good, test_good=args.test_good,
+                                    test_defect_each=args.test_defects, texture=args.texture, seed=args.seed)
         print(f"demo dataset written to {folder}")
         return 0
     reachable = broker_reachable(args.mqtt)
     # An unreachable broker switches publishing off (no spool for a demo); mqtt.enabled=false is still honoured.
     explicit = {"model": args.model, "source": "demo", "show": args.show, "station": "demo",
-                "mqtt": {"url": args.mqtt, **({} if reachable else {"enabled": False})}, "archive": {"enabled": False}}
+                "mqtt": {"url": args.mqtt, **({} if reachable else {"enabled": False})}, "archive": {"enabled": False},
+                "http": {"port": dashboard_port(args.http_port)}}
     config = load_run_config(None, args.overrides, explicit)
     log_settings(args, config.logging.level, config.logging.json_lines)
     if config.mqtt.enabled:

@@ -1,7 +1,8 @@
 """``edge-inspector doctor --config line.yaml``: check what a line needs before running it.
 
 One line per check, ``ok``, ``warn`` or ``FAIL`` with what was found: the model bundle (hash-checked, one inference
-through the engine the line would pick), the TensorRT plan (does one fit this GPU and graph, and if not why), the
+through the engine the line would pick), the GPU (``engines.gpu_report``: driver, CUDA, TensorRT, pycuda, and
+whether the bundle's TensorRT plans fit), the
 source (opens, delivers a frame that fits the ROI), the MQTT broker (connects with the configured credentials and
 TLS) and the disk (state folder writable, room for the spool and archive caps). Exit code 1 when a check failed.
 """
@@ -40,21 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_model(config: RunConfig) -> list[Check]:
-    """The bundle loads (hashes match), the engine the line would pick opens and judges one image."""
-    from edge_inspector.bundle.plans import choose_backend, plan_candidates
+    """The bundle loads (hashes match) and the engine the line would pick opens and judges one image."""
     from edge_inspector.bundle.store import load_bundle
     from edge_inspector.engines.base import warmup_image
     from edge_inspector.engines.select import open_engine
-    from edge_inspector.engines.trt_run import probe_device
     from edge_inspector.pipeline.line import resolve_model
 
     bundle = load_bundle(resolve_model(config.model))
     manifest = bundle.manifest
-    device = probe_device()
-    choice = choose_backend("auto", plan_candidates(bundle.path, config.engine.plan), device,
-                            manifest.graph.sha256, bundle.path)
-    plan_status = "ok" if choice.backend == "tensorrt" or device.gpu_name is None else "warn"
-    plan = Check("plan", plan_status, f"{choice.backend}: {choice.reason}")
     engine = open_engine(bundle, config.engine.model_copy(update={"warmup_runs": 0}))
     try:
         output = engine.infer(warmup_image(bundle, (manifest.input.height, manifest.input.width, 3)))
@@ -63,7 +57,26 @@ def check_model(config: RunConfig) -> list[Check]:
     model = Check("model", "ok", f"{bundle.path}: {manifest.model_id}, {manifest.input.width}x{manifest.input.height}"
                   f", threshold {manifest.thresholds.image:.4g}; {engine.name} judged a test image "
                   f"(score {float(output.score):.4g})")
-    return [model, plan]
+    return [model]
+
+
+def check_gpu(config: RunConfig) -> list[Check]:
+    """The GPU report's lines (``engines.gpu_report``); for ``backend=auto`` on a machine without a usable GPU one
+    line says that the line runs on the CPU."""
+    from edge_inspector.bundle.store import load_bundle
+    from edge_inspector.engines.gpu_report import gpu_report
+    from edge_inspector.pipeline.line import resolve_model
+
+    if config.engine.backend == "onnxruntime":
+        return []
+    report = gpu_report(load_bundle(resolve_model(config.model)))
+    if config.engine.backend == "auto" and report.device.gpu_name is None:
+        why = report.device.gpu_problem or "no NVIDIA GPU found"
+        return [Check("gpu", "ok", f"{why}: the line runs on ONNX Runtime (engine.backend=auto)")]
+    # With auto, a GPU problem only costs speed (the line falls back to ONNX Runtime); with tensorrt it stops it.
+    failing = "FAIL" if config.engine.backend == "tensorrt" else "warn"
+    status = {"ok": "ok", "info": "ok", "warn": "warn", "fail": failing}
+    return [Check(check.name, status[check.status], check.detail) for check in report.checks]
 
 
 def check_source(config: RunConfig) -> list[Check]:
@@ -144,7 +157,7 @@ def check_disk(config: RunConfig) -> list[Check]:
 
 
 CHECKS: dict[str, Callable[[RunConfig], list[Check]]] = {
-    "model": check_model, "source": check_source, "broker": check_broker, "disk": check_disk}
+    "model": check_model, "gpu": check_gpu, "source": check_source, "broker": check_broker, "disk": check_disk}
 
 
 def run_checks(config: RunConfig) -> list[Check]:
@@ -163,7 +176,7 @@ def main(args: argparse.Namespace) -> int:
     log_settings(args, config.logging.level, config.logging.json_lines)
     results = run_checks(config)
     for check in results:
-        print(f"{check.status:4s}  {check.name:6s}  {check.detail}")
+        print(f"{check.status:4s}  {check.name:8s}  {check.detail}")
     failed = [c.name for c in results if c.status == "FAIL"]
     print(f"{len(results) - len(failed)} of {len(results)} checks passed" + (f"; failed: {', '.join(failed)}"
                                                                           if failed else ""))

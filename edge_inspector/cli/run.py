@@ -110,17 +110,23 @@ def run_line(config: RunConfig, source=None, quiet: bool = False, extra_sinks: l
         source: an unopened source to use instead of ``config.source`` (the demo passes its own line).
         extra_sinks: more result consumers (e.g. a collector for a summary).
     """
+    from edge_inspector.ops.dashboard import RecentResults
     from edge_inspector.ops.http import OpsServer
+    from edge_inspector.ops.metrics import LatencyHistograms
     from edge_inspector.ops.systemd import SystemdNotifier
     from edge_inspector.pipeline.line import build_line
     from edge_inspector.pipeline.sinks import ConsoleSink, FailSafeWatch
 
     watch = FailSafeWatch()
-    sinks = ([] if quiet else [ConsoleSink()]) + list(extra_sinks or []) + [watch]
+    web = (RecentResults(), LatencyHistograms()) if config.http.port else ()  # the dashboard's and /metrics' sinks
+    sinks = ([] if quiet else [ConsoleSink()]) + list(extra_sinks or []) + [watch, *web]
     line = build_line(config, source=source, sinks=sinks)
     services: list = [SystemdNotifier(line.loop)]
-    if config.http.port:  # /metrics, /readyz, /preview.jpg: the ops package watches the built line
-        services.append(OpsServer(line.loop, line.latest, line.publisher, config.http.host, config.http.port))
+    if config.http.port:  # the dashboard, /metrics, /readyz: the ops package watches the built line
+        services.append(OpsServer(line.loop, line.latest, line.publisher, config.http.host, config.http.port,
+                                  recent=web[0], histograms=web[1], control=line.apply_command,
+                                  station=config.station, token_env=config.http.token_env))
+        print(f"dashboard: http://{config.http.host}:{config.http.port}/", file=sys.stderr)
     with stop_on_signals(line.request_stop) as stopped_by:
         stats = line.run(services)
     return {**stats, "signal": stopped_by["signal"], "fail_safe": watch}

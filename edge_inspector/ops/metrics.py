@@ -10,14 +10,17 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterator
 
+from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from edge_inspector.results import Verdict
+from edge_inspector.results import InspectionResult, Verdict
 
 log = logging.getLogger(__name__)
 
 PREFIX = "edge_inspector"
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Histogram buckets: fine around a CPU model's 5-50 ms, coarse up to the inference timeout's range."""
 QUANTILES = (("0.5", "p50"), ("0.99", "p99"))
 """Latency quantiles exported, as (Prometheus label, LoopStats key)."""
 
@@ -120,3 +123,26 @@ class LineCollector(Collector):
         yield lost
         yield _counter("spool_quarantined", "Damaged spool files moved aside (readable results replayed).",
                        health.quarantined)
+
+
+class LatencyHistograms:
+    """A result sink that observes every part's per-stage latency into a Prometheus histogram.
+
+    The quantile gauges of ``LineCollector`` describe the latest window of one station; the histogram's cumulative
+    buckets can be aggregated across stations and over any range in PromQL
+    (``histogram_quantile(0.99, sum by (le) (rate(edge_inspector_part_latency_seconds_bucket{stage="total"}[5m])))``).
+    Register ``histogram`` in the registry that is scraped.
+    """
+
+    def __init__(self) -> None:
+        self.histogram = Histogram(f"{PREFIX}_part_latency_seconds",
+                                   "Per-part latency by stage (decode, preprocess, inference, decision, overlay, "
+                                   "total from capture to verdict).", ["stage"], registry=None,
+                                   buckets=LATENCY_BUCKETS_S)
+
+    def handle(self, result: InspectionResult) -> None:
+        for stage, ms in result.latency_ms.items():
+            self.histogram.labels(stage).observe(ms / 1e3)
+
+    def close(self) -> None:
+        pass

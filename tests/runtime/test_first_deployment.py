@@ -139,8 +139,8 @@ def test_doctor_reports_every_check_and_fails_on_a_missing_broker(bundle_dir, pa
     code = cli.main(["doctor", "--source", str(parts), "--model", str(bundle_dir), "mqtt.url=mqtt://127.0.0.1:1"])
     out = capsys.readouterr().out
     assert code == 1
-    assert {line.split()[1] for line in out.splitlines()[:-1]} == {"model", "plan", "source", "broker", "disk"}
-    assert "FAIL  broker" in out and "ok    model" in out and "ok    source" in out
+    assert {line.split()[1] for line in out.splitlines()[:-1]} == {"model", "gpu", "source", "broker", "disk"}
+    assert "FAIL  broker  " in out and "ok    model   " in out and "ok    source  " in out
 
 
 def test_replayed_run_takes_at_least_the_paced_time(bundle_dir, parts):
