@@ -111,7 +111,8 @@ def evaluate_scores(
     pixel_threshold: float | None = None,
     max_fpr: float = 0.3,
 ) -> dict[str, dict[str, float]]:
-    """All metrics overall and per defect type (each type against all good images).
+    """All metrics overall and per defect type (each type against all good images; a type's ``n_images`` counts
+    that type's images only, ``n_good`` the good images it is compared with).
 
     Args:
         image_scores: aggregation name -> (N,) image scores; the first entry is the primary one (F1, 'image_auroc').
@@ -137,6 +138,9 @@ def evaluate_scores(
             pixel_threshold,
             max_fpr,
         )
+        # The row is about this type: its own images (AUROC still compares them with every good image).
+        results[defect]["n_images"] = float((defects_arr == defect).sum())
+        results[defect]["n_good"] = float((defects_arr == GOOD).sum())
     return results
 
 

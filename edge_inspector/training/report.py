@@ -1,7 +1,8 @@
 """Evaluation output a person reads: a JSON result, a plain-text table and a few overlay images.
 
-Each overlay PNG is one row of three panels: the model input, the anomaly heatmap over it (colour 0.5 of the scale =
-the pixel threshold), and predicted vs true defect pixels (green = both, red = predicted only, blue = missed).
+Each overlay PNG is one row of three panels under a title (file, verdict, score, threshold) and over a legend: the
+model input, the anomaly heatmap over it (colour 0.5 of the scale = the pixel threshold), and predicted vs true defect
+pixels (green = both, red = predicted only, blue = missed). ``eval_report`` adds the plant-language outputs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from edge_inspector.data.folders import Category
 from edge_inspector.engines.records import format_table
+from edge_inspector.training.eval_report import overlay_title, per_image_rows, titled_overlay
 
 RESULT_NAME, TABLE_NAME, OVERLAY_DIR = "result.json", "table.txt", "overlays"
 _COLUMNS = (
@@ -52,20 +54,6 @@ def result_table(result: dict[str, Any]) -> str:
     return "\n".join([title, table, *tail])
 
 
-def _heatmap(image: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray:
-    scaled = np.clip(anomaly_map / (2 * pixel_threshold), 0, 1)
-    colour = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    return cv2.addWeighted(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), 0.5, colour, 0.5, 0)
-
-
-def _mask_panel(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    panel = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2BGR) // 2
-    panel[predicted & truth] = (0, 200, 0)
-    panel[predicted & ~truth] = (0, 0, 230)
-    panel[~predicted & truth] = (230, 80, 0)
-    return panel
-
-
 def pick_overlays(category: Category, scores: np.ndarray, count: int) -> list[int]:
     """Indices worth looking at: per defect type its highest- and lowest-scored image, then the top good one."""
     defects = np.array([s.defect for s in category.test])
@@ -89,20 +77,22 @@ def write_overlays(
     scores: np.ndarray,
     pixel_threshold: float,
     count: int = 8,
+    image_threshold: float | None = None,
 ) -> list[Path]:
-    """Write a few three-panel overlay PNGs; returns their paths."""
+    """Write a few titled three-panel overlay PNGs (``eval_report.titled_overlay``); returns their paths.
+
+    The title names the file, the verdict at ``image_threshold`` (when given), the score and the threshold.
+    """
     folder = out_dir / OVERLAY_DIR
     folder.mkdir(parents=True, exist_ok=True)
     written = []
+    rows = None if image_threshold is None else per_image_rows(category, scores, image_threshold)
     for i in pick_overlays(category, scores, count):
         sample = category.test[i]
-        row = np.concatenate([
-            cv2.cvtColor(images[i], cv2.COLOR_RGB2BGR),
-            _heatmap(images[i], maps[i], pixel_threshold),
-            _mask_panel(images[i], maps[i] >= pixel_threshold, masks[i]),
-        ], axis=1)
+        name = str(sample.path.relative_to(category.root))
+        title = f"{name}  score {scores[i]:.4g}" if rows is None else overlay_title(rows[i])
         path = folder / f"{sample.defect}_{sample.path.stem}_score{scores[i]:.4g}.png"
-        cv2.imwrite(str(path), row)
+        cv2.imwrite(str(path), titled_overlay(images[i], maps[i], masks[i], title, pixel_threshold))
         written.append(path)
     return written
 

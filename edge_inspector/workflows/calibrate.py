@@ -42,6 +42,7 @@ from edge_inspector.quantization.qdq_bundle import export_qdq_bundle
 from edge_inspector.quantization.report import plan_table
 from edge_inspector.quantization.units import set_mode
 from edge_inspector.training.heads import build_scorer
+from edge_inspector.training.progress import phase
 from edge_inspector.training.trainer import load_checkpoint
 from edge_inspector.workflows.train import default_work_dir
 
@@ -163,7 +164,8 @@ def calibrate(
     stats = fit_normal_statistics(scorer, holdout, progress=options.progress)  # the quantized model's normal map
     chosen = stats.thresholds(policy)
     name = f"{category.name}-{Path(preset.name).stem}-hqs"
-    with tempfile.TemporaryDirectory(prefix="ei-calibrate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ei-calibrate-") as tmp, phase("export (FP32 and QDQ graphs)",
+                                                                          options.progress):
         set_mode(scorer, "float")
         fp32 = export_bundle(scorer, Path(tmp) / "fp32", name, spec.resize, stats, chosen, None, holdout,
                              head_probe=choice.probe)
@@ -172,7 +174,8 @@ def calibrate(
         narrow_index_initializers(fp32_graph)
         bundle, graph = export_qdq_bundle(scorer, fp32, Path(out), result, options, name, stats, chosen, holdout)
     summary = summary_of(result, options)
-    summary.update(_measured(scorer, fp32_graph, graph, holdout, options))
+    with phase("parity and latency of the QDQ graph", options.progress):
+        summary.update(_measured(scorer, fp32_graph, graph, holdout, options))
     summary.update({"target": options.target, "bundle": str(bundle.path)})
     folders = [Path(out) / "calibration"] + ([Path(plan_dir)] if plan_dir else [])
     paths = finish_plan_files(result, summary, folders, name)

@@ -3,7 +3,7 @@
 A bundle is evaluated through ONNX Runtime: that is the graph that ships, so its numbers are the honest ones. A
 training checkpoint (.pt) runs in torch; its normal statistics and thresholds are rebuilt from the holdout slice of
 ``<data>/train/good`` exactly as ``train`` and ``export`` build them. Writes ``result.json``, ``table.txt`` and a
-few overlay images.
+few overlay images, and the plant view (``training.eval_report``): images.csv, report.html.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from edge_inspector.engines.ort import OrtEngine
 from edge_inspector.errors import BundleError, ConfigError
 from edge_inspector.training.evaluate import Predictions, evaluate_predictions, predict_with_engine, predict_with_torch
 from edge_inspector.training.heads import build_scorer
+from edge_inspector.training.eval_report import plant_summary, write_plant_report
+from edge_inspector.training.progress import phase
 from edge_inspector.training.report import result_table, write_overlays, write_result
 from edge_inspector.training.trainer import load_checkpoint
 
@@ -40,7 +42,7 @@ class EvalResult:
 
     def summary(self) -> str:
         """The metrics table, the thresholds written into the bundle (if asked) and where everything went."""
-        lines = [result_table(self.report)]
+        lines = [result_table(self.report), plant_summary(self.report)]
         written = self.report.get("written_thresholds")
         if written:
             lines.append(f"thresholds  image {written['image']:.4g} (F1 {written['image_f1']:.3f}), pixel "
@@ -145,15 +147,20 @@ def evaluate(
     else:
         scored, images, masks = _score_checkpoint(model_path, category, thresholds, threads, progress)
     p = scored.predictions
-    result = evaluate_predictions(p, category, masks, scored.aggregation, scored.topk_fraction,
-                                  scored.image_threshold, scored.pixel_threshold, scored.info)
+    with phase("metrics (AUROC, AUPRO overall and per defect type)", progress):
+        result = evaluate_predictions(p, category, masks, scored.aggregation, scored.topk_fraction,
+                                      scored.image_threshold, scored.pixel_threshold, scored.info)
     result["command"] = f"edge-inspector eval --model {model} --data {data}"
     folder = Path(out) if out else Path("runs") / "eval" / f"{scored.info.get('model_id', model_path.stem)}-{category.name}"
     if write_thresholds:
-        result["written_thresholds"] = write_f1_thresholds(model_path, category, p, masks)
+        with phase("F1-optimal thresholds", progress):
+            result["written_thresholds"] = write_f1_thresholds(model_path, category, p, masks)
+    result["plant"] = write_plant_report(folder, category, images, p.maps, masks, p.scores, scored.image_threshold,
+                                         scored.pixel_threshold, result, result_table(result), progress=progress)
     write_result(folder, result)
     if overlays:
-        write_overlays(folder, category, images, p.maps, masks, p.scores, scored.pixel_threshold, overlays)
+        write_overlays(folder, category, images, p.maps, masks, p.scores, scored.pixel_threshold, overlays,
+                       image_threshold=scored.image_threshold)
     return EvalResult(result, folder)
 
 

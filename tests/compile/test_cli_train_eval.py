@@ -206,3 +206,30 @@ def test_training_is_reproducible_from_its_seed(trained, dataset, tmp_path):
     again = torch.load(out.with_name("again.work") / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert first.keys() == again.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_eval_speaks_plant_language(dataset, stand_in_bundle, tmp_path, capsys):
+    """Per-image CSV, counts at the bundle's threshold, a false-reject table and one self-contained HTML report."""
+    import csv
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(stand_in_bundle.path), "--data", str(dataset), "--out", str(out),
+                 "--no-progress", "--overlays", "2"]) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader((out / "images.csv").open()))
+    threshold = stand_in_bundle.manifest.thresholds.image
+    assert len(rows) == 10 and {r["truth"] for r in rows} == {"good", "defect"}
+    assert all((r["verdict"] == "FAIL") == (float(r["score"]) >= threshold) for r in rows)
+    plant = json.loads((out / "result.json").read_text())["plant"]
+    counts = plant["confusion"]
+    wrong = sum(r["correct"] == "False" for r in rows)
+    assert counts["good"]["false_rejects"] + counts["missed_defects"] == wrong
+    assert counts["good"]["n"] == 4 and sum(d["n"] for d in counts["defects"].values()) == 6
+    assert f"{counts['missed_defects']} of 6 defects missed" in printed
+    targets = [row["target_false_reject_rate"] for row in plant["false_reject_table"]]
+    assert targets == sorted(targets) and len(targets) >= 3
+    thresholds = [row["threshold"] for row in plant["false_reject_table"]]
+    assert thresholds == sorted(thresholds, reverse=True)  # accepting more false rejects lowers the threshold
+    report = (out / "report.html").read_text()
+    assert "data:image/png;base64," in report and "<svg" in report and "Other false-reject targets" in report
+    assert "src=\"http" not in report  # self-contained: nothing fetched from elsewhere

@@ -73,7 +73,9 @@ def test_evaluate_scores_overall_and_per_type():
     assert overall["image_f1_best"] == pytest.approx(6 / 7)  # cut at .25: tp 3, fp 1 (.3)
     assert overall["pixel_auroc"] == 1.0 and overall["aupro"] == pytest.approx(1.0) and overall["pixel_f1"] == 1.0
     assert result["crack"]["image_auroc"] == pytest.approx(5 / 6)  # .25 vs (.1,.2,.3) 2/3; .9 -> 3/3
-    assert result["hole"]["image_auroc"] == 1.0 and result["hole"]["n_images"] == 4
+    assert result["hole"]["image_auroc"] == 1.0
+    # a type's row counts its own images (issue 16: 'n' counted every good image too)
+    assert (result["crack"]["n_images"], result["hole"]["n_images"], result["hole"]["n_good"]) == (2, 1, 3)
     # each type once: (5/6 + 1) / 2 for the image AUROC, whatever the types' counts
     means = mean_over_types(result)
     assert means["image_auroc"] == pytest.approx((5 / 6 + 1) / 2) and means["pixel_f1"] == 1.0
