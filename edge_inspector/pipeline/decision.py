@@ -7,7 +7,8 @@ Pure numpy/cv2 so it can be tested exhaustively and reused by evaluation. Conven
 * ``normalized = score / (score + t_eff)``: 0.5 exactly at the effective threshold, monotonic, in [0, 1).
   ``normalized >= 0.5`` (i.e. ``score >= t_eff``) is FAIL.
 * Regions are computed for FAIL verdicts only, from anomaly-map pixels at or above the pixel threshold, and reported in
-  full-frame pixels through the model-to-frame affine map.
+  full-frame pixels through the model-to-frame affine map. A FAIL whose map nowhere reaches the pixel threshold
+  gets the regions at or above its own score instead (never none: the score cannot exceed the map's peak).
 * Any error or timeout gives the configured fail-safe verdict (FAIL or UNKNOWN), never PASS.
 """
 
@@ -132,7 +133,24 @@ def decide(
         return Decision(Verdict.PASS, score, norm, threshold)
     regions, mask = find_regions(anomaly_map, params.pixel_threshold, model_to_frame, frame_shape,
                                  params.min_region_area_px)
+    if not regions:
+        regions, mask = _where_the_score_came_from(anomaly_map, score, params, model_to_frame, frame_shape)
     return Decision(Verdict.FAIL, score, norm, threshold, regions, mask)
+
+
+def _where_the_score_came_from(anomaly_map: np.ndarray, score: float, params: DecisionParams,
+                               model_to_frame: np.ndarray, frame_shape: tuple[int, ...]) -> tuple[list[Region], np.ndarray]:
+    """Regions for a FAIL that no pixel of which reached the pixel threshold: the map at or above the failing
+    score itself. The image score aggregates the map (max, top-k mean or mean), so it never exceeds the map's peak
+    and this level always holds at least one pixel: a FAIL always says where. Regions below
+    ``min_region_area_px`` are dropped unless that would leave none, then the largest is kept."""
+    level = min(params.pixel_threshold, score)
+    regions, _ = find_regions(anomaly_map, level, model_to_frame, frame_shape)
+    kept = [r for r in regions if r.area_px >= params.min_region_area_px] or regions[:1]
+    mask = np.zeros(frame_shape[:2], np.uint8)
+    for region in kept:
+        cv2.fillPoly(mask, [np.array(region.contour, np.int32)], 255)
+    return kept, mask
 
 
 def fail_safe(params: DecisionParams, error: str) -> Decision:

@@ -100,3 +100,15 @@ def test_a_camera_that_is_not_there_is_one_clear_error(bundle_dir, capfd):
     err = capfd.readouterr().err
     assert code == 2 and "Cannot open camera:99" in err and "is a camera connected" in err
     assert "VIDEOIO" not in err  # OpenCV's own backend noise is kept off the console
+
+
+def test_the_default_demo_judges_every_part_right_with_regions(capsys, tmp_path, monkeypatch):
+    """The bar of issue 16: the default demo run (seed 0, which took no part in choosing the model's head or
+    thresholds) judges every part right, and every FAIL says where."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["demo", "--interval", "0", "--mqtt", "mqtt://127.0.0.1:1", "--http-port", "0"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1].removeprefix("summary: "))
+    assert summary["parts"] == 24 and summary["accuracy"] >= 0.98
+    fails = [line for line in out if line.startswith("part-") and " FAIL " in line]
+    assert fails and all(" region" in line for line in fails)

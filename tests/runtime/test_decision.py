@@ -95,3 +95,20 @@ def test_invalid_parameters_are_refused(bad):
     values = {"threshold": 0.5, "pixel_threshold": 0.5, **bad}
     with pytest.raises(ValueError):
         DecisionParams(**values)
+
+
+def test_a_fail_below_the_pixel_threshold_still_says_where():
+    """The image score failed the part but no pixel reached the pixel threshold (a pixel threshold set far above
+    the image one, as the F1-optimal pixel threshold of a coarse map can be): the region is where the map reaches
+    the failing score, so a FAIL never comes without a region."""
+    anomaly = np.full((32, 32), 0.2, np.float32)
+    anomaly[10:16, 20:26] = 1.2  # the defect: above the image threshold, far below the pixel threshold
+    anomaly[2, 2] = 1.1  # a lone pixel below the score: not part of the region
+    params = DecisionParams(threshold=1.0, pixel_threshold=4.0, min_region_area_px=4)
+    failed = decide(anomaly, 1.15, params, IDENTITY, (32, 32))
+    assert failed.verdict == Verdict.FAIL
+    assert [(r.x, r.y, r.width, r.height) for r in failed.regions] == [(20, 10, 6, 6)]
+    assert failed.mask[12, 22] == 255 and failed.mask[2, 2] == 0
+    tiny = np.full((32, 32), 0.2, np.float32)
+    tiny[5, 5] = 2.0  # a one-pixel peak: kept although below min_region_area_px, it is all there is
+    assert len(decide(tiny, 2.0, params, IDENTITY, (32, 32)).regions) == 1
