@@ -133,7 +133,7 @@ def test_a_stack_station_serves_every_metric_the_dashboard_queries(plant_broker,
         monkeypatch.setenv(key, value)  # what the station's entrypoint sources from its env file
     port = free_port()
     config = load_run_config(STACK_LINE, [
-        "station=station-1", f"model={DEPLOY.parent / 'models' / 'demo'}", "capture.max_frames=3",
+        "station=station-1", "model=demo", "capture.max_frames=3",
         f"mqtt.url={plant_broker.url}", f"mqtt.tls.ca_file={plant_broker.ca_file}",
         f"mqtt.spool_dir={tmp_path / 'spool'}", f"archive.dir={tmp_path / 'archive'}", f"http.port={port}",
     ])
