@@ -9,6 +9,8 @@ from edge_inspector.results import Region, Verdict
 
 _COLOURS = {Verdict.PASS: (60, 180, 60), Verdict.FAIL: (40, 40, 230), Verdict.UNKNOWN: (0, 165, 255)}  # BGR
 HEAT_ALPHA = 0.45
+TINT_FROM = 0.9
+"""The heat map is drawn where the anomaly map reaches this fraction of the pixel threshold."""
 
 
 def draw_overlay(
@@ -36,8 +38,9 @@ def draw_overlay(
                               flags=cv2.INTER_LINEAR, borderValue=0.0)
         level = cv2.convertScaleAbs(heat, alpha=127.5 / pixel_threshold)  # saturating cast to uint8 in one pass
         coloured = cv2.applyColorMap(level, cv2.COLORMAP_JET)
-        # Only tint where the map approaches the threshold, so the part itself stays readable.
-        _, hot = cv2.threshold(level, 63, 255, cv2.THRESH_BINARY)
+        # Only tint where the map nears the pixel threshold, so the part itself stays readable: a map raised a
+        # little everywhere (large receptive fields, a coarse location grid) must not colour the whole part.
+        _, hot = cv2.threshold(level, 127.5 * TINT_FROM, 255, cv2.THRESH_BINARY)
         cv2.copyTo(cv2.addWeighted(image, 1 - HEAT_ALPHA, coloured, HEAT_ALPHA, 0), hot, image)
     if roi_outline is not None:
         cv2.polylines(image, [roi_outline], True, (200, 200, 200), 1, cv2.LINE_AA)

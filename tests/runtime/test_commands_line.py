@@ -112,3 +112,30 @@ def test_the_default_demo_judges_every_part_right_with_regions(capsys, tmp_path,
     assert summary["parts"] == 24 and summary["accuracy"] >= 0.98
     fails = [line for line in out if line.startswith("part-") and " FAIL " in line]
     assert fails and all(" region" in line for line in fails)
+
+
+def test_the_demo_heat_map_tints_defects_not_whole_parts():
+    """Issue 16: the heat map tinted the whole part. On the demo line a PASS overlay is the frame plus the verdict
+    label; a FAIL overlay tints less than half of the part."""
+    import socket
+
+    import numpy as np
+
+    from edge_inspector.capture.demo_line import DemoLine
+    from edge_inspector.cli.run import run_line
+    from edge_inspector.config import load_run_config
+    from edge_inspector.pipeline.sinks import CollectingSink
+
+    with socket.create_server(("127.0.0.1", 0)) as probe:  # the dashboard makes the line draw every part
+        port = probe.getsockname()[1]
+    config = load_run_config(None, ["model=demo", "source=demo", *OFFLINE, f"http.port={port}"])
+    collector = CollectingSink(keep_images=True)
+    run_line(config, source=DemoLine(config.capture, parts=12, seed=0, interval_s=0), quiet=True,
+             extra_sinks=[collector])
+    verdicts = {r.verdict.value for r in collector.results}
+    assert verdicts == {"PASS", "FAIL"}
+    for result in collector.results:
+        changed = np.any(result.overlay.astype(int) != result.frame.astype(int), axis=2)
+        changed[:60, :160] = False  # the verdict label
+        share = changed.mean()
+        assert share < (0.01 if result.verdict.value == "PASS" else 0.5), (result.source, share)
