@@ -54,7 +54,7 @@ def test_threshold_command_over_mqtt_changes_verdicts(mosquitto, tmp_path):
 def test_demo_publishes_when_a_broker_answers(mosquitto, tmp_path, monkeypatch, capsys):
     from edge_inspector import cli
 
-    monkeypatch.chdir(tmp_path)  # the spool goes to ./var/spool
+    monkeypatch.chdir(tmp_path)  # nothing lands here: the spool goes under the state directory (XDG_STATE_HOME)
     topics = Topics.for_station("edge-inspector", "demo")
     subscriber = Subscriber(mosquitto, [topics.result])
     try:
