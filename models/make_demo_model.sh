@@ -11,7 +11,7 @@ $ei demo --write-dataset "$work/train_data" --train-good 240 --seed 1000
 # The labelled calibration set is large (200 good, 50 of each defect) because the demo's weakest defects score close
 # to its best-looking good parts: the threshold needs the tails of both.
 $ei demo --write-dataset "$work/calib_data" --train-good 1 --test-good 200 --test-defects 50 --seed 2000
-# score.head=location: on the demo line's calibration seeds (2000-2009, 480 parts) the location head separates
+# score.head=location: on the demo line's calibration seeds (2000-2004, 240 parts) the location head separates
 # good from defective parts better than the reconstruction head that 'auto' picks on synthetic probes
 # (F1 0.993 vs 0.980 at the F1-optimal threshold); seed 0, the demo's own, took no part in the choice.
 $ei train --data "$work/train_data/demo_gravel" --config haloae-lite --out "$work/bundle" \
