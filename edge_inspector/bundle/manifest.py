@@ -114,7 +114,7 @@ class InputSizeRecord(StrictModel):
     """``model.input_pixels`` at training."""
     warnings: list[str] = []
     """What looked risky in the images' sizes (mixed orientations, spread aspect ratios or sizes, a stretch)."""
-    image_sizes: dict[str, float | list[int]]
+    image_sizes: dict[str, int | float | list[int]]
     """Statistics of the training images' sizes: count, medians, aspect (h/w) median and 10-90 % range, portrait and
     landscape shares, scale spread, width and height ranges."""
 

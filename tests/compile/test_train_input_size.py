@@ -47,6 +47,7 @@ def test_elongated_parts_get_a_tall_input_that_trains_exports_and_runs(elongated
     record = m.training.input_size
     assert record.source == "auto" and record.pixel_budget == 8192 and record.warnings == []
     assert record.image_sizes["median_aspect"] == 2.5 and record.image_sizes["count"] == 8
+    assert type(record.image_sizes["count"]) is int  # a count stays a count in the manifest
     # The checkpoint keeps the size too: calibrate and checkpoint evaluation read it from there.
     _, preset = load_checkpoint(out.with_name("bundle.work") / "checkpoints" / "last.pt")
     assert (preset.model.width, preset.model.height) == (64, 128)
