@@ -31,6 +31,7 @@ from edge_inspector.engines.base import Engine
 from edge_inspector.engines.select import open_engine
 from edge_inspector.errors import ConfigError
 from edge_inspector.log import kv
+from edge_inspector.pipeline.heap import settle_heap
 from edge_inspector.pipeline.loop import InspectionLoop
 from edge_inspector.pipeline.sinks import LatestResult
 from edge_inspector.publish.archive import Archive
@@ -189,6 +190,7 @@ def build_line(config: RunConfig, *, source: Source | None = None, sinks: Sequen
     if source is None and not config.source:
         raise ConfigError("source: no frame source given; set 'source:' in line.yaml or pass --camera N / --source "
                           "<video, rtsp:// URL or image folder> (edge-inspector init writes a line.yaml)")
+    settle_heap()  # before the engine and the threads allocate: flat memory on a line that runs for weeks
     bundle = load_bundle(resolve_model(config.model))
     engine = open_engine(bundle, config.engine)
     source = source or open_source(config.source, config.capture)

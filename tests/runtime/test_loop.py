@@ -241,3 +241,16 @@ def test_latency_window_keeps_the_latest_samples_in_fixed_memory():
     summary = stats.latency()["inference"]
     assert summary["n"] == WINDOW and summary["mean"] == (500 + WINDOW + 499) / 2  # the oldest 500 are gone
     assert set(stats.latency()) == {"inference"}
+
+
+def test_heap_settings_are_applied_unless_the_environment_sets_them(monkeypatch):
+    import platform
+
+    from edge_inspector.pipeline.heap import settle_heap
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the malloc settings are glibc's; this system has none to tune")
+    assert settle_heap() is True
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert settle_heap() is False  # an operator's own settings win
