@@ -76,6 +76,7 @@ def load_session(
     settings: EngineSettings | None = None,
     providers: list[str] | None = None,
     path: os.PathLike | str | None = None,
+    profile_prefix: str | None = None,
 ) -> LoadedSession:
     """An ONNX Runtime session for ``graph`` as the line runs it: the one place sessions are made (the line's engine,
     export parity, calibrate and the benchmarks open theirs here, so what they measure is what the line runs).
@@ -89,6 +90,7 @@ def load_session(
         settings: threads, optimisation level, spin-wait; default ``EngineSettings()``, the line's defaults.
         providers: ONNX Runtime execution providers, best first; default CPU only.
         path: the file ``graph`` was read from, loaded directly when no rewrite applies; named in errors.
+        profile_prefix: turn ONNX Runtime's profiler on, writing its trace there (``engines.ort_profile``).
 
     Raises:
         BundleError: ONNX Runtime refuses the graph.
@@ -100,8 +102,11 @@ def load_session(
     # weight-only INT8 blocks are dequantized once here instead of on every image
     rewrites = prepare_for_onnxruntime(rewritten)
     source = str(path) if path is not None and not any(rewrites.values()) else rewritten.SerializeToString()
+    options = session_options(settings)
+    if profile_prefix is not None:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
     try:
-        session = ort.InferenceSession(source, session_options(settings),
+        session = ort.InferenceSession(source, options,
                                        providers=providers or ["CPUExecutionProvider"],
                                        disabled_optimizers=ort_disabled_optimizers(graph))
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from edge_inspector.quantization.fakequant import QuantConv2d, fake_quant_act
-from edge_inspector.quantization.units import quant_modules, set_mode
+from edge_inspector.quantization.units import modes_of, quant_modules, restore_modes, set_mode
 
 
 @dataclass
@@ -120,7 +120,7 @@ def _trace_activations(model: nn.Module, example: torch.Tensor) -> _ActivationTr
     for name, module in model.named_modules():
         if name and name not in modules and name not in wrapped_parts:
             handles.append(module.register_forward_hook(on_module_output(name)))
-    modes = {name: m.mode for name, m in modules.items()}
+    modes = modes_of(model)
     set_mode(model, "float")
     try:
         with Readers():
@@ -128,8 +128,7 @@ def _trace_activations(model: nn.Module, example: torch.Tensor) -> _ActivationTr
     finally:
         for handle in handles:
             handle.remove()
-        for name, module in modules.items():
-            module.mode = modes[name]
+        restore_modes(model, modes)
     return trace
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from edge_inspector.data.synthetic import ProbeSet
 from edge_inspector.export.parity import graph_parity
 from edge_inspector.log import kv
+from edge_inspector.quantization.attention_quant import attach_to_blocks
 from edge_inspector.quantization.bitplan import UnitCost, allocate, capacity_bits, plan_bits, repair
 from edge_inspector.quantization.fakequant import PRECISION_WEIGHT_BITS
 from edge_inspector.quantization.qat import QatOptions, QatReport, finetune
@@ -90,8 +91,11 @@ def prepare(scorer: nn.Module, calibration: np.ndarray, options: CalibrateOption
     skip = TRAINING_ONLY + ("model.location",) + unused_convs(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
     units = discover_units(scorer, skip=skip)
     wrap_units(scorer, units, options.observer, options.percentile)
+    first = torch.from_numpy(np.ascontiguousarray(calibration[:1]))
+    attach_to_blocks(scorer, [u.name for u in units if u.kind == "attention"], first, options.observer,
+                     options.percentile, signed_probabilities=options.target == "tensorrt")
     if options.target == "onnxruntime":
-        mark_unsigned_activations(scorer, torch.from_numpy(np.ascontiguousarray(calibration[:1])))
+        mark_unsigned_activations(scorer, first)
     set_mode(scorer, "calibrate")
     with torch.no_grad():
         for start in range(0, len(calibration), 8):

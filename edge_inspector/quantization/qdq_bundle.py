@@ -14,9 +14,11 @@ from edge_inspector.bundle.graph_size import initializer_bytes
 from edge_inspector.bundle.manifest import QuantizationSpec, Thresholds
 from edge_inspector.bundle.store import Bundle, sha256_file, write_bundle
 from edge_inspector.export.initializers import dedupe_initializers, narrow_index_initializers
+from edge_inspector.export.qdq_attention import MatmulQuant, OperandGrid, quantize_attention_matmuls
 from edge_inspector.export.qdq import ConvQuant, blocked_int8_weight, insert_qdq, quantize_matmul_input
 from edge_inspector.model.normal_stats import NormalStatistics
 from edge_inspector.model.scorer import heads_needed
+from edge_inspector.quantization.attention_quant import AttentionQuant, attention_quants
 from edge_inspector.quantization.calibrate import CalibrateOptions, HqsResult
 from edge_inspector.quantization.fakequant import BIAS_QMAX, QuantConv2d, qmax_for
 from edge_inspector.quantization.units import quant_modules, set_mode
@@ -47,6 +49,14 @@ def conv_quant_from_module(module: QuantConv2d) -> ConvQuant:
     )
 
 
+def attention_grids(quant: AttentionQuant) -> list[MatmulQuant]:
+    """The grids of a calibrated block's activation matmuls, as its forward uses them."""
+    def grid(observer) -> OperandGrid:
+        return OperandGrid(float(observer.scale()), observer.unsigned)
+
+    return [MatmulQuant(grid(site.a), grid(site.b)) for site in quant.sites]
+
+
 LOCATION_FACTOR = "model.location.cell_precision_factor"
 
 
@@ -54,6 +64,8 @@ def qdq_graph(scorer: nn.Module, fp32: onnx.ModelProto, small: bool) -> onnx.Mod
     """The QDQ graph of a calibrated, bit-planned scorer (``fp32`` exported from the same scorer)."""
     convs = {n: conv_quant_from_module(m) for n, m in quant_modules(scorer).items() if m.precision != "keep"}
     graph = insert_qdq(fp32, convs, small=small)
+    quantize_attention_matmuls(graph, {name: attention_grids(quant) for name, quant in attention_quants(scorer).items()
+                                       if quant.enabled})
     location = getattr(scorer.model, "location", None)
     if "location" in heads_needed(scorer.head) and location is not None and location.factor_codes is not None:
         codes, scales = location.factor_codes

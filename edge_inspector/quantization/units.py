@@ -2,8 +2,9 @@
 
 A unit is every ``Conv2d`` on its own, except inside an attention block, whose q / kv / out projections (1x1 convs)
 form one unit: they share a bit-width because they act together on the attention logits. A module counts as an
-attention block when its class sets ``quant_group = True`` or its class name ends in ``Attention``. The matmuls and
-softmax of attention have no weights and are never quantized (they stay FP32 on CPU / FP16 on GPU).
+attention block when its class sets ``quant_group = True`` or its class name ends in ``Attention``. The block's two
+matmuls of activations (QK^T, AV) have no weights: they follow the unit, on 8-bit grids whenever its projections are
+quantized (``quantization.attention_quant``); softmax and the relative-position logits stay float.
 
 Before wrapping, BatchNorm layers that directly follow a conv are folded into it (``model.batchnorm.fold_batchnorm``):
 the exported ONNX graph carries the folded weights, and the fake-quant scales must be computed from the same numbers.
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from edge_inspector.model.location import LocationGaussian
+from edge_inspector.quantization.attention_quant import AttentionQuant, attention_quants
 from edge_inspector.quantization.fakequant import ObserverKind, Precision, QuantConv2d
 
 
@@ -136,18 +138,34 @@ def quant_modules(model: nn.Module) -> dict[str, QuantConv2d]:
 
 
 def set_mode(model: nn.Module, mode: str) -> None:
-    """Switch every wrapper to ``float``, ``calibrate`` or ``quant`` (and a quantized location head's input grid
-    on in ``quant`` mode only)."""
-    for module in quant_modules(model).values():
+    """Switch every wrapper and attention-matmul state to ``float``, ``calibrate`` or ``quant`` (and a quantized
+    location head's input grid on in ``quant`` mode only)."""
+    for module in [*quant_modules(model).values(), *attention_quants(model).values()]:
         module.mode = mode
     for module in model.modules():
         if isinstance(module, LocationGaussian):
             module.quantize_input = mode == "quant"
 
 
+def modes_of(model: nn.Module) -> dict[str, str]:
+    """The mode of every wrapper and attention-matmul state, by name (``restore_modes`` puts them back)."""
+    return {name: m.mode for name, m in model.named_modules() if isinstance(m, (QuantConv2d, AttentionQuant))}
+
+
+def restore_modes(model: nn.Module, modes: dict[str, str]) -> None:
+    """Put back the modes ``modes_of`` returned."""
+    for name, mode in modes.items():
+        model.get_submodule(name).mode = mode
+
+
 def apply_plan(model: nn.Module, units: list[QuantUnit], plan: dict[str, Precision]) -> None:
-    """Give each wrapped conv the precision its unit has in ``plan`` (units missing from the plan stay ``keep``)."""
+    """Give each wrapped conv the precision its unit has in ``plan`` (units missing from the plan stay ``keep``);
+    an attention block's matmuls are integer exactly when its projections are quantized."""
     modules = quant_modules(model)
+    matmuls = attention_quants(model)
     for unit in units:
+        precision = plan.get(unit.name, "keep")
         for name in unit.convs:
-            modules[name].precision = plan.get(unit.name, "keep")
+            modules[name].precision = precision
+        if unit.name in matmuls:
+            matmuls[unit.name].enabled = precision != "keep"
