@@ -36,6 +36,14 @@ class DataError(EdgeInspectorError):
     """A dataset folder is missing or not in the expected layout."""
 
 
+class AccuracyCheckError(EdgeInspectorError):
+    """A quantized model lost more accuracy than allowed; ``result`` holds what was produced, for inspection."""
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result
+
+
 class MissingDependencyError(EdgeInspectorError):
     """An optional dependency is not installed; the message says how to install it on this kind of machine."""
 

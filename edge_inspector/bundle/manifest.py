@@ -101,6 +101,11 @@ class QuantizationSpec(StrictModel):
     """Path (inside the repo's calibration/ folder or the bundle) of the per-layer HQS table."""
     target: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
     """The engine the activation grids were calibrated for (``calibrate --target``)."""
+    weight_codes: Literal[63, 127] = 63
+    """Largest 8-bit weight code: 127 (the full range: TensorRT, or ONNX Runtime on a CPU with VNNI) or 63 (where
+    ONNX Runtime's u8s8 kernels without VNNI saturate 16-bit pair sums). Bundles from before it was recorded: 63."""
+    weight_codes_reason: str | None = None
+    """Why ``weight_codes`` was chosen (the CPU flags seen, the target, or the user's choice)."""
 
 
 class InputSizeRecord(StrictModel):

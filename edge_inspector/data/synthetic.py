@@ -30,6 +30,9 @@ class ProbeSet:
     normal: np.ndarray
     defects: np.ndarray
     masks: np.ndarray
+    groups: np.ndarray | None = None
+    """(N + M,) the part each image shows (normals, then defects), for bootstrap intervals that redraw whole
+    parts; None: every image on its own."""
 
     def images(self) -> np.ndarray:
         return np.concatenate([self.normal, self.defects])
@@ -130,12 +133,17 @@ def synthetic_defects(goods: np.ndarray, rng: np.random.Generator) -> tuple[np.n
     return np.stack(images), np.stack(masks)
 
 
-def make_probe_set(goods: np.ndarray, n_normal: int, n_defects: int, seed: int = 0) -> ProbeSet:
-    """Split ``goods`` into normals and the bases of synthetic defects (disjoint when there are enough images)."""
-    if len(goods) < 2:
-        raise ValueError("the probe set needs at least two good images")
-    n_normal = min(n_normal, len(goods) - 1)
-    rest = goods[n_normal:]
-    bases = rest[np.arange(n_defects) % len(rest)]
-    defects, masks = synthetic_defects(bases, np.random.default_rng(seed))
-    return ProbeSet(goods[:n_normal], defects, masks)
+def probe_from_goods(goods: np.ndarray, defects_per_good: int = 3, seed: int = 0,
+                     groups: np.ndarray | None = None) -> ProbeSet:
+    """Every good image as a normal, and ``defects_per_good`` synthetic defects made from each (one of each kind
+    at 3): a probe as large as the held-back goods allow, every defect paired with its own good image.
+
+    Args:
+        groups: (N,) the part each good shows; its defects inherit it (default: each good its own part).
+    """
+    if len(goods) < 2 or defects_per_good < 1:
+        raise ValueError("the probe set needs at least two good images and one defect per good")
+    bases = np.repeat(np.arange(len(goods)), defects_per_good)
+    defects, masks = synthetic_defects(goods[bases], np.random.default_rng(seed))
+    parts = np.arange(len(goods)) if groups is None else np.asarray(groups)
+    return ProbeSet(goods, defects, masks, np.r_[parts, parts[bases]])

@@ -77,6 +77,7 @@ def load_session(
     providers: list[str] | None = None,
     path: os.PathLike | str | None = None,
     profile_prefix: str | None = None,
+    optimized_path: str | None = None,
 ) -> LoadedSession:
     """An ONNX Runtime session for ``graph`` as the line runs it: the one place sessions are made (the line's engine,
     export parity, calibrate and the benchmarks open theirs here, so what they measure is what the line runs).
@@ -91,6 +92,7 @@ def load_session(
         providers: ONNX Runtime execution providers, best first; default CPU only.
         path: the file ``graph`` was read from, loaded directly when no rewrite applies; named in errors.
         profile_prefix: turn ONNX Runtime's profiler on, writing its trace there (``engines.ort_profile``).
+        optimized_path: write the graph as ONNX Runtime runs it, after its optimizers, there (``engines.memory``).
 
     Raises:
         BundleError: ONNX Runtime refuses the graph.
@@ -105,6 +107,8 @@ def load_session(
     options = session_options(settings)
     if profile_prefix is not None:
         options.enable_profiling, options.profile_file_prefix = True, profile_prefix
+    if optimized_path is not None:
+        options.optimized_model_filepath = optimized_path
     try:
         session = ort.InferenceSession(source, options,
                                        providers=providers or ["CPUExecutionProvider"],

@@ -16,6 +16,9 @@ float island adds a quantize / dequantize pair).
 
 ``repair`` then measures the real validation AUROC drop and, while it exceeds the tolerance, promotes the unit with
 the best estimated gain per extra byte (4 -> 8 bits, then 8 bits -> keep).
+
+``allocate_step`` is RAAD's own rule, offered beside the knapsack (``calibrate --allocation raad``) and compared
+with it in ``benchmarks/bench_hqs.py``.
 """
 
 from __future__ import annotations
@@ -44,10 +47,15 @@ class UnitCost:
     params: int
     penalty: dict[str, float]
     min_bits: int = 4
+    keep_bits: int = PRECISION_WEIGHT_BITS["keep"]
+    """What ``keep`` costs per weight: 32 (FP32 on the CPU) or 16 (FP16 on TensorRT)."""
+
+    def bits(self, precision: Precision) -> int:
+        return self.keep_bits if precision == "keep" else PRECISION_WEIGHT_BITS[precision]
 
     def choices(self, allow_keep: bool = True) -> list[Precision]:
         allowed = [p for p in ORDER if p in self.penalty or p == "keep"]
-        allowed = [p for p in allowed if PRECISION_WEIGHT_BITS[p] >= self.min_bits]
+        allowed = [p for p in allowed if PRECISION_WEIGHT_BITS[p] >= self.min_bits]  # a pin to keep says 32
         if not allow_keep and len(allowed) > 1:  # a unit with no quantized option still gets keep
             allowed.remove("keep")
         return allowed
@@ -58,7 +66,7 @@ class UnitCost:
 
 def plan_bits(units: list[UnitCost], plan: dict[str, Precision]) -> int:
     """Total weight bits of ``plan``."""
-    return sum(u.params * PRECISION_WEIGHT_BITS[plan[u.name]] for u in units)
+    return sum(u.params * u.bits(plan[u.name]) for u in units)
 
 
 def capacity_bits(units: list[UnitCost], budget_bits: float | None = None, budget_bytes: int | None = None) -> int:
@@ -88,13 +96,13 @@ def allocate(units: list[UnitCost], capacity: int, allow_keep: bool = False) -> 
     for unit in units:
         options = unit.choices(allow_keep)
         candidates = [
-            (bits + unit.params * PRECISION_WEIGHT_BITS[p], pen + unit.cost_of(p), picks + (ORDER.index(p),))
+            (bits + unit.params * unit.bits(p), pen + unit.cost_of(p), picks + (ORDER.index(p),))
             for bits, pen, picks in front
             for p in options
         ]
         candidates = [c for c in candidates if c[0] <= capacity]
         if not candidates:
-            least = sum(u.params * min(PRECISION_WEIGHT_BITS[p] for p in u.choices(allow_keep)) for u in units)
+            least = sum(u.params * min(u.bits(p) for p in u.choices(allow_keep)) for u in units)
             raise ConfigError(
                 f"the budget ({capacity} bits = {capacity / 8:.0f} bytes) is below the smallest possible plan "
                 f"({least} bits = {least / 8:.0f} bytes, every unit at its lowest allowed precision)"
@@ -106,6 +114,37 @@ def allocate(units: list[UnitCost], capacity: int, allow_keep: bool = False) -> 
                 front.append(cand)
     best = min(front, key=lambda c: (c[1], c[0]))
     return {u.name: ORDER[i] for u, i in zip(units, best[2])}
+
+
+def allocate_step(units: list[UnitCost], capacity: int) -> dict[str, Precision]:
+    """RAAD's step function: units sorted by their 4-bit score, those below a threshold get 4 bits, the rest 8; the
+    threshold is the lowest that fits ``capacity`` (units are lowered in score order until the plan fits).
+
+    Unlike ``allocate`` it ignores how many weights a unit holds: a large insensitive unit and a small one are
+    lowered in the same order. ``keep`` only where a unit is pinned to it.
+
+    Raises:
+        ConfigError: even every lowerable unit at 4 bits does not fit.
+    """
+    plan: dict[str, Precision] = {}
+    for unit in units:
+        allowed = unit.choices(allow_keep=False)
+        plan[unit.name] = "w8a8" if "w8a8" in allowed else allowed[0]
+    lowerable = sorted((u for u in units if "w4a8" in u.choices(allow_keep=False) and plan[u.name] != "w4a8"),
+                       key=lambda u: u.penalty["w4a8"])
+    for unit in lowerable:
+        if plan_bits(units, plan) <= capacity:
+            break
+        plan[unit.name] = "w4a8"
+    if plan_bits(units, plan) > capacity:
+        least = plan_bits(units, plan)
+        raise ConfigError(f"the budget ({capacity} bits = {capacity / 8:.0f} bytes) is below the smallest step "
+                          f"plan ({least} bits = {least / 8:.0f} bytes)")
+    return plan
+
+
+ALLOCATIONS = ("knapsack", "raad")
+"""``--allocation``: the exact knapsack (``allocate``), or RAAD's step function on sorted scores (``allocate_step``)."""
 
 
 @dataclass
@@ -132,7 +171,7 @@ def _promotion(unit: UnitCost, current: Precision) -> tuple[Precision, float, fl
     if nxt != "keep" and nxt not in unit.penalty:
         nxt = "keep"
     gain = unit.cost_of(current) - unit.cost_of(nxt)
-    extra = unit.params * (PRECISION_WEIGHT_BITS[nxt] - PRECISION_WEIGHT_BITS[current]) / 8
+    extra = unit.params * (unit.bits(nxt) - unit.bits(current)) / 8
     return nxt, gain, extra
 
 

@@ -3,10 +3,12 @@
 Numerics (chosen to match what ONNX Runtime and TensorRT execute):
 
 * weights: per-output-channel symmetric, ``scale_c = max|w_c| / qmax``, ``q = clamp(round(w / scale), -qmax, qmax)``
-  with ``qmax = 7`` for 4 bits and ``qmax = 63`` for 8 bits (symmetric grids, zero point 0). The 8-bit grid is the
-  "reduced range" one: ONNX Runtime on x86 CPUs without VNNI runs QDQ convs as uint8 x int8 with ``vpmaddubsw``,
-  whose int16 pair sums saturate for |w| > 64 (measured here: outputs off by up to 23 steps with qmax 127, exact
-  with 63). 4-bit codes can never saturate;
+  with ``qmax = 7`` for 4 bits and, for 8 bits, ``qmax = 127`` (the full range) where the target's kernels take it
+  or ``qmax = 63`` (the "reduced range") where they saturate: ONNX Runtime on x86 CPUs without VNNI runs QDQ convs
+  as uint8 x int8 with ``vpmaddubsw``, whose int16 pair sums saturate for |w| > 64 (measured on an AVX2 CPU:
+  outputs off by up to 23 steps with qmax 127, exact with 63); VNNI's ``vpdpbusd`` and TensorRT accumulate in
+  int32 and take all 8 bits (``QuantConv2d.full_range``, chosen by ``quantization.weight_range``). 4-bit codes can
+  never saturate;
 * activations: 8-bit per tensor, the range from a calibration observer (``minmax`` or ``percentile`` of ``|x|``).
   Signed tensors use a symmetric grid (int8 codes, zero point 0, what TensorRT accepts; the same grid as uint8 with
   zero point 128, what ONNX Runtime's fast x86 kernels take). A conv output whose only reader is a ReLU / ReLU6,
@@ -48,34 +50,35 @@ ObserverKind = Literal["minmax", "percentile"]
 
 
 WEIGHT_QMAX = {4: 7, 8: 63}
-"""Largest weight code per bit-width (the smallest is its negative); 8 bits use the reduced range, see above."""
+"""Largest weight code per bit-width (the smallest is its negative); 8 bits in the reduced range, see above."""
+FULL_RANGE_QMAX = 127
+"""Largest 8-bit weight code where the kernels take the full range."""
 
 
-def qmax_for(bits: int) -> int:
-    """Largest code of the symmetric ``bits``-bit weight grid."""
+def qmax_for(bits: int, full_range: bool = False) -> int:
+    """Largest code of the symmetric ``bits``-bit weight grid (8 bits: 127 with ``full_range``, else 63)."""
     if bits not in WEIGHT_QMAX:
         raise ValueError(f"weight bits must be 4 or 8, got {bits}")
-    return WEIGHT_QMAX[bits]
+    return FULL_RANGE_QMAX if full_range and bits == 8 else WEIGHT_QMAX[bits]
 
 
-def weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
+def weight_scale(weight: torch.Tensor, bits: int, full_range: bool = False) -> torch.Tensor:
     """Per-output-channel symmetric scale (shape ``[out_channels]``); never zero, so all-zero channels stay zero."""
     amax = weight.detach().abs().flatten(1).amax(dim=1)
-    return torch.clamp(amax, min=MIN_WEIGHT_RANGE) / qmax_for(bits)
+    return torch.clamp(amax, min=MIN_WEIGHT_RANGE) / qmax_for(bits, full_range)
 
 
-def quantize_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight(weight: torch.Tensor, bits: int, full_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer codes (as float tensor holding whole numbers) and per-channel scales of ``weight``."""
-    scale = weight_scale(weight, bits)
+    scale = weight_scale(weight, bits, full_range)
     view = scale.view(-1, *([1] * (weight.dim() - 1)))
-    qmax = qmax_for(bits)
-    codes = torch.clamp(torch.round(weight.detach() / view), -qmax, qmax)
-    return codes, scale
+    qmax = qmax_for(bits, full_range)
+    return torch.clamp(torch.round(weight.detach() / view), -qmax, qmax), scale
 
 
-def fake_quant_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+def fake_quant_weight(weight: torch.Tensor, bits: int, full_range: bool = False) -> torch.Tensor:
     """``weight`` snapped to its per-channel grid; the gradient flows to ``weight`` unchanged (STE)."""
-    codes, scale = quantize_weight(weight, bits)
+    codes, scale = quantize_weight(weight, bits, full_range)
     snapped = codes * scale.view(-1, *([1] * (weight.dim() - 1)))
     return weight + (snapped - weight).detach()
 
@@ -172,12 +175,18 @@ class QuantConv2d(nn.Module):
         self.mode: Literal["float", "calibrate", "quant"] = "float"
         self.in_observer = RangeObserver(observer, percentile)
         self.out_observer = RangeObserver(observer, percentile)
+        self.full_range = False
+        """8-bit weights use codes -127..127 (the target's kernels take them), else -63..63."""
         self.shares_input_grid = False
         """Every reader of this conv's input reads it quantized (``activation_grids.share_input_grids``)."""
 
     @property
     def weight_bits(self) -> int:
         return PRECISION_WEIGHT_BITS[self.precision]
+
+    @property
+    def weight_qmax(self) -> int:
+        return qmax_for(self.weight_bits, self.full_range)
 
     @property
     def quantized(self) -> bool:
@@ -189,7 +198,7 @@ class QuantConv2d(nn.Module):
 
     def quantized_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(integer weight codes, per-channel weight scale, snapped bias or None) exactly as the forward uses them."""
-        codes, w_scale = quantize_weight(self.conv.weight, self.weight_bits)
+        codes, w_scale = quantize_weight(self.conv.weight, self.weight_bits, self.full_range)
         bias = None
         if self.conv.bias is not None:
             bias = fake_quant_bias(self.conv.bias, self.in_observer.scale(), w_scale).detach()
@@ -204,9 +213,10 @@ class QuantConv2d(nn.Module):
         if not self.quantized:
             return self.conv(x)
         s_in = self.in_observer.scale()
-        params = {"weight": fake_quant_weight(self.conv.weight, self.weight_bits)}
+        params = {"weight": fake_quant_weight(self.conv.weight, self.weight_bits, self.full_range)}
         if self.conv.bias is not None:
-            params["bias"] = fake_quant_bias(self.conv.bias, s_in, weight_scale(self.conv.weight, self.weight_bits))
+            params["bias"] = fake_quant_bias(self.conv.bias, s_in,
+                                             weight_scale(self.conv.weight, self.weight_bits, self.full_range))
         # The conv's own forward, with the snapped parameters: subclasses that pad first (TF 'SAME') keep doing so;
         # zero padding commutes with the (zero-point 0) input quantization, as in the ONNX Pad -> Q/DQ -> Conv.
         y = functional_call(self.conv, params, (fake_quant_act(x, s_in, self.in_observer.unsigned),))

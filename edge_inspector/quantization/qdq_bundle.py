@@ -20,7 +20,7 @@ from edge_inspector.model.normal_stats import NormalStatistics
 from edge_inspector.model.scorer import heads_needed
 from edge_inspector.quantization.attention_quant import AttentionQuant, attention_quants
 from edge_inspector.quantization.calibrate import CalibrateOptions, HqsResult
-from edge_inspector.quantization.fakequant import BIAS_QMAX, QuantConv2d, qmax_for
+from edge_inspector.quantization.fakequant import BIAS_QMAX, QuantConv2d
 from edge_inspector.quantization.units import quant_modules, set_mode
 
 
@@ -38,7 +38,7 @@ def conv_quant_from_module(module: QuantConv2d) -> ConvQuant:
         codes=codes.cpu().numpy().astype(np.int8),
         weight_scale=w_scale_np,
         bits=module.weight_bits,
-        qmax=qmax_for(module.weight_bits),
+        qmax=module.weight_qmax,
         bias_codes=bias_codes,
         input_scale=scales.input,
         output_scale=scales.output,
@@ -105,6 +105,8 @@ def export_qdq_bundle(scorer: nn.Module, fp32_bundle: Bundle, out_dir: Path, res
             weight_bytes=initializer_bytes(graph),
             table=f"calibration/{plan_name}.yaml",
             target=options.target,
+            weight_codes=result.target.weight_codes,
+            weight_codes_reason=result.target.weight_codes_reason,
         )
         manifest.score.image, manifest.score.pixel = stats.image, stats.pixel
         manifest.thresholds = thresholds

@@ -64,17 +64,19 @@ def markdown_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     """A readable per-layer table (signals at 4 bits, score, chosen bits, bytes) and the whole-model summary."""
     lines = ["# HQS bit plan", ""]
     for key, value in summary.items():
-        lines.append(f"- **{key}**: {_fmt(value) if isinstance(value, float) else value}")
+        if key not in ("attention_by_depth", "adaround"):
+            lines.append(f"- **{key}**: {_fmt(value) if isinstance(value, float) else value}")
     lines += [
         "",
         "Signals are measured with only that unit at 4 bits (W4A8), everything else FP32, on held-back good images "
         "and synthetic defects. drift: mean |map change| / normal map std. sep. loss: drop of (inside - outside) / "
         "std outside. AUROC columns: points of change. HAWQ: Tr(H)/n * ||Q(W) - W||^2. entropy: change of attention "
-        "row entropy (nats). Score: weighted sum of the signals, each scaled by its largest value.",
+        "row entropy (nats); KL: mean KL(FP32 || quantized) of its attention rows (nats), integer QK^T and AV. "
+        "Score: weighted sum of the signals, each scaled by its largest value.",
         "",
-        "| # | unit | kind | params | drift | sep. loss | img AUROC | px AUROC | HAWQ | entropy | score 4b | score 8b "
-        "| bits | KiB | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| # | unit | kind | params | drift | sep. loss | img AUROC | px AUROC | HAWQ | entropy | KL | score 4b "
+        "| score 8b | bits | KiB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, row in enumerate(rows):
         s = row["signals"] or {}
@@ -86,11 +88,30 @@ def markdown_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             f"| {i} | `{row['unit']}` | {row['kind']} | {row['params']} | {_fmt(at4('drift'))} "
             f"| {_fmt(at4('separation_loss'))} | {_fmt(at4('image_auroc_change'), '+.2f')} "
             f"| {_fmt(at4('pixel_auroc_change'), '+.2f')} | {_fmt(at4('hessian'))} "
-            f"| {_fmt(at4('attention_entropy_change'), '+.3f')} | {_fmt((s.get('score') or {}).get('w4a8'))} "
+            f"| {_fmt(at4('attention_entropy_change'), '+.3f')} | {_fmt(at4('attention_kl'))} "
+            f"| {_fmt((s.get('score') or {}).get('w4a8'))} "
             f"| {_fmt((s.get('score') or {}).get('w8a8'))} | {row['weight_bits']} | {row['weight_bytes'] / 1024:.1f} "
             f"| {row['pinned'] or ''} |"
         )
+    lines += _attention_section(summary.get("attention_by_depth") or [])
     return "\n".join(lines) + "\n"
+
+
+def _attention_section(rows: list[dict[str, Any]]) -> list[str]:
+    """RAAD's hierarchy by depth (``quantization.raad``) under the shipped plan."""
+    if not rows:
+        return []
+    lines = ["", "## Attention by depth (RAAD's hierarchy, shipped plan)", "",
+             "Per attention block in forward order: mean row entropy of the FP32 attention (nats; max = uniform "
+             "over the keys) and mean KL(FP32 || shipped plan) of the rows (nats), over every query cell of the "
+             "probe's normal images and over the query cells inside synthetic defects.", "",
+             "| depth | block | entropy normal | entropy defect | max | KL normal | KL defect |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['depth']} | `{r['block']}` | {_fmt(r['entropy_normal'], '.3f')} "
+                     f"| {_fmt(r['entropy_defect'], '.3f')} | {_fmt(r['max_entropy'], '.3f')} "
+                     f"| {_fmt(r['kl_normal'], '.2e')} | {_fmt(r['kl_defect'], '.2e')} |")
+    return lines
 
 
 def write_plan(folder: str | Path, name: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> tuple[Path, Path]:
@@ -107,7 +128,8 @@ def write_plan(folder: str | Path, name: str, rows: list[dict[str, Any]], summar
 SUMMARY_KEYS = ("average_weight_bits", "precisions", "graph_bytes_fp32", "graph_bytes_hqs", "size_ratio",
                 "probe_image_auroc_fp32", "probe_image_auroc_hqs", "probe_pixel_auroc_fp32", "probe_pixel_auroc_hqs",
                 "latency_p50_ms_fp32", "latency_p50_ms_hqs", "speed_ratio", "parity", "target",
-                "repair_within_tolerance", "final_probe_drop", "final_within_tolerance")
+                "repair_within_tolerance", "final_probe_drop", "final_drop_intervals", "final_within_tolerance",
+                "weight_codes", "weight_codes_reason", "candidates", "allocation", "rounding_4bit")
 """The summary figures the plain-text report shows, in this order."""
 
 

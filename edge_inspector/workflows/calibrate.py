@@ -25,21 +25,17 @@ from edge_inspector.bundle.store import Bundle, read_manifest
 from edge_inspector.bundle.thresholds import ThresholdPolicy
 from edge_inspector.config import EngineSettings
 from edge_inspector.data.folders import holdout_split, load_images, scan_category
-from edge_inspector.data.synthetic import make_probe_set
+from edge_inspector.data.synthetic import probe_from_goods
 from edge_inspector.engines.latency import time_graphs
-from edge_inspector.errors import BundleError
+from edge_inspector.engines.memory import runtime_weight_bytes
+from edge_inspector.errors import AccuracyCheckError, BundleError
+from edge_inspector.export.parity import graph_parity
 from edge_inspector.export.onnx_export import export_bundle
 from edge_inspector.export.initializers import dedupe_initializers, narrow_index_initializers
 from edge_inspector.model.normal_stats import fit_normal_statistics
-from edge_inspector.quantization.calibrate import (
-    CalibrateOptions,
-    finish_plan_files,
-    parity,
-    run_hqs,
-    summary_of,
-)
+from edge_inspector.quantization.calibrate import CalibrateOptions, run_hqs, summary_of
 from edge_inspector.quantization.qdq_bundle import export_qdq_bundle
-from edge_inspector.quantization.report import plan_table
+from edge_inspector.quantization.report import plan_table, write_plan
 from edge_inspector.quantization.units import set_mode
 from edge_inspector.training.heads import build_scorer
 from edge_inspector.training.progress import phase
@@ -145,6 +141,9 @@ def calibrate(
     Raises:
         BundleError: no model at ``model``, or a bundle without its checkpoint.
         DataError: the data folder or its holdout split is unusable.
+        AccuracyCheckError: the shipped model's probe drop exceeds ``options.tolerance`` (unless
+            ``options.accept_drop``); raised after the bundle and plan files are written, its ``result`` is the
+            ``CalibrateResult``.
     """
     checkpoint, fp32_bundle = resolve_model(model)
     policy, source = threshold_policy(fp32_bundle, thresholds)
@@ -158,7 +157,7 @@ def calibrate(
                           desc="holdout")
     # the head the FP32 bundle would ship, with its FP32 normal statistics: the signals' reference
     scorer, _, choice = build_scorer(net, preset, holdout, progress=options.progress)
-    probe = make_probe_set(holdout, options.n_probe_normal, options.n_probe_defects, options.seed)
+    probe = probe_from_goods(holdout[: options.probe_normals], options.defects_per_good, options.seed)
     result = run_hqs(scorer, preset, fit_images, probe, options)
 
     stats = fit_normal_statistics(scorer, holdout, progress=options.progress)  # the quantized model's normal map
@@ -178,25 +177,38 @@ def calibrate(
         summary.update(_measured(scorer, fp32_graph, graph, holdout, options))
     summary.update({"target": options.target, "bundle": str(bundle.path)})
     folders = [Path(out) / "calibration"] + ([Path(plan_dir)] if plan_dir else [])
-    paths = finish_plan_files(result, summary, folders, name)
+    paths = [path for folder in folders for path in write_plan(folder, name, result.rows, summary)]
     used = (f"{checkpoint} ({preset.name}); data {category.root}: {len(fit_paths)} fit, "
             f"{len(holdout_paths)} held back")
-    return CalibrateResult(bundle, used, summary, result.rows, paths, source)
+    outcome = CalibrateResult(bundle, used, summary, result.rows, paths, source)
+    if not summary["final_within_tolerance"] and not options.accept_drop:
+        raise AccuracyCheckError(
+            f"the quantized model fails the final check: probe AUROC drop {result.final_drop:.2f} points > "
+            f"tolerance {options.tolerance} ({', '.join(f'{k} {v.text()}' for k, v in result.final_intervals.items())}"
+            f"; 95% intervals). The bundle and plan were written for inspection ({bundle.path}); raise --tolerance, "
+            "--budget-bits, or pass --accept-drop to ship it anyway", outcome)
+    return outcome
 
 
 def _measured(scorer: torch.nn.Module, fp32_graph: onnx.ModelProto, graph: onnx.ModelProto, holdout: np.ndarray,
               options: CalibrateOptions) -> dict[str, Any]:
     """Size, ONNX Runtime latency and parity of the QDQ graph against the FP32 one, for the summary."""
-    check = parity(scorer, graph, holdout[:4], options.threads)
-    latency = time_graphs({"fp32": fp32_graph, "hqs": graph}, holdout[0], options.latency_runs,
-                          EngineSettings(intra_op_threads=options.threads))
+    check = graph_parity(scorer, graph, holdout[:4], options.threads)
+    settings = EngineSettings(intra_op_threads=options.threads)
+    latency = time_graphs({"fp32": fp32_graph, "hqs": graph}, holdout[0], options.latency_runs, settings)
+    runtime = {name: runtime_weight_bytes(g, settings) for name, g in (("fp32", fp32_graph), ("hqs", graph))}
     return {
         "graph_bytes_fp32": initializer_bytes(fp32_graph),
         "graph_bytes_hqs": initializer_bytes(graph),
         "size_ratio": round(initializer_bytes(graph) / initializer_bytes(fp32_graph), 4),
+        # what ONNX Runtime holds after loading (INT4 widened to INT8, its constant folding): engines.memory
+        "runtime_weight_bytes_fp32": runtime["fp32"],
+        "runtime_weight_bytes_hqs": runtime["hqs"],
+        "runtime_weight_ratio": round(runtime["hqs"] / runtime["fp32"], 4),
         "latency_p50_ms_fp32": round(latency.p50_ms("fp32"), 2),
         "latency_p50_ms_hqs": round(latency.p50_ms("hqs"), 2),
         "speed_ratio": round(latency.ratio("hqs"), 3),
-        "parity": {k: float(f"{v:.3g}") for k, v in check.items()},
+        "parity": {"max_map_diff": float(f"{check.map_rel_diff:.3g}"),
+                   "max_score_diff": float(f"{check.max_score_drift:.3g}")},
     }
 

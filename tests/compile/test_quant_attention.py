@@ -10,6 +10,7 @@ import torch
 from edge_inspector.config import EngineSettings
 from edge_inspector.engines.ort import load_session
 from edge_inspector.engines.ort_profile import profile_kernels
+from edge_inspector.data.synthetic import probe_from_goods
 from edge_inspector.errors import ConfigError
 from edge_inspector.export.onnx_export import export_onnx
 from edge_inspector.export.qdq_attention import activation_matmuls, quantize_attention_matmuls
@@ -20,6 +21,7 @@ from edge_inspector.model.scorer import make_scorer
 from edge_inspector.quantization.attention_quant import attention_quants
 from edge_inspector.quantization.calibrate import CalibrateOptions, prepare
 from edge_inspector.quantization.qdq_bundle import attention_grids, qdq_graph
+from edge_inspector.quantization.raad import attention_table
 from edge_inspector.quantization.units import apply_plan, set_mode
 
 OVERRIDES = ["model.width=64", "model.height=64", "model.layers=[stage2]", "model.widths=[32,32,16]",
@@ -126,3 +128,33 @@ def test_tensorrt_target_puts_the_probabilities_on_the_signed_grid(tmp_path):
     for quant in attention_quants(scorer).values():
         av = quant.sites[1]
         assert not av.a.unsigned and float(av.a.scale()) == pytest.approx(1 / 127)
+
+
+def test_raad_table_measures_sharpness_and_how_much_each_plan_bends_the_attention():
+    """On blocks with sharp attention (q and k scaled up), the table's entropy is below a uniform row's, and 4-bit
+    projections bend the rows more than 8-bit ones over the normal cells, both more than FP32 (KL 0); on the few
+    defect cells of two images only that both bend them."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    preset = load_preset("haloae-lite", OVERRIDES)
+    model = build_model(preset.model, pretrained=False).eval()
+    with torch.no_grad():
+        for name in BLOCKS:  # the untrained projections give q . k near 0: rows as flat as the position logits
+            block = model.get_submodule(name.removeprefix("model."))
+            block.to_q.weight.mul_(1000)
+            block.to_k.weight.mul_(1000)
+    scorer = make_scorer(model, preset).eval()
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 255, (6, 64, 64, 3)).astype(np.uint8)
+    fit_normal_statistics(scorer, images[:4])
+    units = prepare(scorer, images[:4], CalibrateOptions())
+    probe = probe_from_goods(images[4:], 1)
+    masks, labels = probe.all_masks(), probe.labels()
+    tables = {precision: attention_table(scorer, units, probe.images(), masks, labels,
+                                         {u.name: precision for u in units if u.kind == "attention"})
+              for precision in ("keep", "w8a8", "w4a8")}
+    for keep, w8, w4 in zip(*tables.values()):
+        assert keep.block == w8.block == w4.block and keep.depth == w8.depth
+        assert 0 < keep.entropy_normal < 0.9 * keep.max_entropy  # sharp, not uniform
+        assert abs(keep.kl_normal) < 1e-5 and abs(keep.kl_defect) < 1e-5
+        assert w4.kl_normal > w8.kl_normal > 1e-5 and min(w4.kl_defect, w8.kl_defect) > 1e-5

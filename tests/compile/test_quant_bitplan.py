@@ -12,6 +12,7 @@ from edge_inspector.quantization.bitplan import (
     ORDER,
     UnitCost,
     allocate,
+    allocate_step,
     capacity_bits,
     plan_bits,
     repair,
@@ -95,3 +96,29 @@ def test_repair_promotes_best_gain_per_byte_until_within_tolerance():
     assert not stuck.within_tolerance and set(stuck.plan.values()) == {"keep"}
     assert len(stuck.steps) == 2 * len(units)
     assert ORDER == ("w4a8", "w8a8", "keep")
+
+
+def test_raad_step_function_lowers_units_in_score_order_until_the_budget_fits():
+    units = [UnitCost("a", 100, {"w4a8": 5.0, "w8a8": 0.1}), UnitCost("b", 100, {"w4a8": 1.0, "w8a8": 0.0}),
+             UnitCost("c", 1000, {"w4a8": 3.0, "w8a8": 0.0}), UnitCost("d", 100, {"w4a8": 0.5, "w8a8": 0.0}, 8)]
+    total = sum(u.params for u in units)
+    # every unit at 8 bits fits: nothing is lowered
+    assert allocate_step(units, 8 * total) == {"a": "w8a8", "b": "w8a8", "c": "w8a8", "d": "w8a8"}
+    # lowering b (lowest 4-bit score of the lowerable units; d is pinned) is not enough, c next is
+    plan = allocate_step(units, 8 * total - 1000)
+    assert plan == {"a": "w8a8", "b": "w4a8", "c": "w4a8", "d": "w8a8"}
+    # a step on the sorted scores: every lowered unit scores below every kept lowerable one
+    assert max(u.penalty["w4a8"] for u in units if plan[u.name] == "w4a8") < units[0].penalty["w4a8"]
+    # the knapsack, which counts sizes, lowers c (1000 weights) alone at a penalty of 3 instead of 1 + 3
+    knapsack = allocate(units, 8 * total - 1000)
+    assert knapsack == {"a": "w8a8", "b": "w8a8", "c": "w4a8", "d": "w8a8"}
+    with pytest.raises(ConfigError, match="smallest step plan"):
+        allocate_step(units, 4 * total)
+
+
+def test_tensorrt_keep_costs_fp16_bits():
+    unit = UnitCost("u", 10, {"w8a8": 1.0}, min_bits=8, keep_bits=16)
+    assert unit.choices() == ["w8a8", "keep"] and plan_bits([unit], {"u": "keep"}) == 160
+    # repair promotes it to FP16 at 8 extra bits per weight
+    result = repair([unit], {"u": "w8a8"}, lambda plan: 2.0 if plan["u"] == "w8a8" else 0.0, tolerance=1.0)
+    assert result.plan == {"u": "keep"} and result.within_tolerance

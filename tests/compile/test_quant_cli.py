@@ -9,6 +9,7 @@ import yaml
 
 from edge_inspector import cli
 from edge_inspector.bundle.store import load_bundle
+from edge_inspector.engines.cpu_features import has_vnni
 from edge_inspector.model.haloae import build_model
 from edge_inspector.model.presets import load_preset
 from edge_inspector.training.trainer import save_checkpoint
@@ -33,8 +34,8 @@ def test_calibrate_writes_a_qdq_bundle_and_plan_files(tmp_path, capsys):
     checkpoint, data = _tiny_checkpoint(tmp_path)
     out, plans = tmp_path / "hqs", tmp_path / "calibration"
     rc = cli.main(["calibrate", "--model", str(checkpoint), "--data", str(data), "--out", str(out),
-                   "--budget-bits", "6", "--qat-steps", "2", "--probe-images", "2", "--calibration-images", "4",
-                   "--hessian-samples", "1", "--threads", "1", "--no-progress", "--plan-dir", str(plans)])
+                   "--budget-bits", "6", "--qat-steps", "2", "--defects-per-good", "1", "--calibration-images", "4",
+                   "--accept-drop", "--hessian-samples", "1", "--threads", "1", "--no-progress", "--plan-dir", str(plans)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     bundle = load_bundle(out)
@@ -57,8 +58,33 @@ def test_calibrate_writes_a_qdq_bundle_and_plan_files(tmp_path, capsys):
                    summary["probe_pixel_auroc_fp32"] - summary["probe_pixel_auroc_hqs"])
         assert summary["final_probe_drop"] == pytest.approx(drop, abs=0.01)
         assert summary["final_within_tolerance"] == (drop <= 1.0)
-        assert "| bits | KiB |" in (folder / "tiles-haloae-lite-hqs.md").read_text()
+        assert set(summary["final_drop_intervals"]) == {"image_auroc", "pixel_auroc"}
+        for interval in summary["final_drop_intervals"].values():
+            assert interval["low"] <= interval["value"] <= interval["high"]
+        # RAAD's table: every attention block by depth, entropy at most that of a uniform row
+        depth = summary["attention_by_depth"]
+        assert [row["block"] for row in depth] == [n for n in quant.bit_plan if n.endswith("attention")]
+        assert all(0 < row["entropy_normal"] <= row["max_entropy"] + 1e-6 for row in depth)
+        markdown = (folder / "tiles-haloae-lite-hqs.md").read_text()
+        assert "| bits | KiB |" in markdown and "## Attention by depth" in markdown
     assert "speed_ratio" in printed and "model.to_features" in printed
+    # 8-bit weights in the full range exactly where this CPU's kernels take it; what ORT holds after load
+    assert quant.weight_codes == (127 if has_vnni() else 63) and quant.weight_codes_reason
+    assert 0 < summary["runtime_weight_bytes_hqs"] < summary["runtime_weight_bytes_fp32"]
+
+
+@pytest.mark.slow
+def test_a_failed_final_check_exits_non_zero_unless_the_drop_is_accepted(tmp_path, capsys):
+    checkpoint, data = _tiny_checkpoint(tmp_path)
+    # a tolerance no model meets: the check must fail, and say so, with the bundle written for inspection
+    common = ["--model", str(checkpoint), "--data", str(data), "--budget-bits", "8", "--qat-steps", "0",
+              "--defects-per-good", "1", "--calibration-images", "4", "--hessian-samples", "0", "--threads", "1",
+              "--rounding", "nearest", "--tolerance", "-1000", "--no-progress"]
+    assert cli.main(["calibrate", *common, "--out", str(tmp_path / "failed")]) == 1
+    captured = capsys.readouterr()
+    assert "fails the final check" in captured.err and "--accept-drop" in captured.err
+    assert "final_within_tolerance" in captured.out and load_bundle(tmp_path / "failed").manifest.quantization
+    assert cli.main(["calibrate", *common, "--out", str(tmp_path / "accepted"), "--accept-drop"]) == 0
 
 
 @pytest.mark.slow
@@ -72,7 +98,7 @@ def test_calibrate_keeps_the_fp32_bundle_threshold_policy(tmp_path, capsys):
     checkpoint.rename(work / "last.pt")
     assert cli.main(["export", "--checkpoint", str(work / "last.pt"), "--data", str(data), "--out", str(bundle_dir),
                      "--target-frr", "0.25", "--pixel-fpr", "0.05", "--no-progress"]) == 0
-    common = ["--data", str(data), "--budget-bits", "8", "--qat-steps", "0", "--probe-images", "2",
+    common = ["--data", str(data), "--budget-bits", "8", "--qat-steps", "0", "--defects-per-good", "1", "--accept-drop",
               "--calibration-images", "4", "--hessian-samples", "0", "--threads", "1", "--no-progress"]
     assert cli.main(["calibrate", "--model", str(bundle_dir), "--out", str(tmp_path / "hqs"), *common]) == 0
     assert "the FP32 bundle's target rates: false-reject 0.25" in capsys.readouterr().out
@@ -134,7 +160,7 @@ def test_calibrate_a_location_head_bundle_refits_the_head_and_stores_int8_factor
     checkpoint = save_checkpoint(tmp_path / "model.pt", model, preset)
     out = tmp_path / "hqs"
     rc = cli.main(["calibrate", "--model", str(checkpoint), "--data", str(data), "--out", str(out),
-                   "--budget-bits", "6", "--qat-steps", "2", "--probe-images", "2", "--calibration-images", "4",
+                   "--budget-bits", "6", "--qat-steps", "2", "--defects-per-good", "1", "--calibration-images", "4", "--accept-drop",
                    "--hessian-samples", "1", "--threads", "1", "--no-progress", "--plan-dir", str(tmp_path / "p")])
     printed = capsys.readouterr().out
     assert rc == 0, printed
@@ -172,8 +198,8 @@ def test_calibrate_for_tensorrt_writes_signed_grids_only(tmp_path, capsys):
 
     checkpoint, data = _tiny_checkpoint(tmp_path)
     common = ["--model", str(checkpoint), "--data", str(data), "--budget-bits", "8", "--qat-steps", "0",
-              "--probe-images", "2", "--calibration-images", "4", "--hessian-samples", "0", "--threads", "1",
-              "--no-progress"]
+              "--defects-per-good", "1", "--calibration-images", "4", "--hessian-samples", "0", "--threads", "1",
+              "--tolerance", "100", "--rounding", "nearest", "--no-progress"]  # no repair: the plan is the pins
     unsigned = {}
     for target in ("onnxruntime", "tensorrt"):
         out = tmp_path / target
@@ -183,6 +209,12 @@ def test_calibrate_for_tensorrt_writes_signed_grids_only(tmp_path, capsys):
         # the stem reads the 3-channel image: FP32 for ONNX Runtime (its integer kernels are slower there)
         stem = bundle.manifest.quantization.bit_plan["model.backbone.net._conv_stem"]
         assert (stem == "keep") == (target == "onnxruntime")
+        doc = yaml.safe_load((out / "calibration" / "tiles-haloae-lite-hqs.yaml").read_text())
+        if target == "tensorrt":  # INT8 or FP16 per unit, never INT4, and the plan says why
+            assert "w4a8" not in bundle.manifest.quantization.bit_plan.values()
+            assert doc["summary"]["candidates"] == ["w8a8", "keep"] and bundle.manifest.quantization.weight_codes == 127
+            reasons = [row["pinned"] for row in doc["units"]]
+            assert all(reasons) and sum("no INT4 convolution" in r for r in reasons) == len(reasons) - 2  # + first, last
         graph = onnx.load(str(bundle.onnx_path))
         inits = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
         zero_points = [inits[n.input[2]] for n in graph.graph.node if n.op_type == "QuantizeLinear"]

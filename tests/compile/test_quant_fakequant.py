@@ -23,16 +23,16 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("bits,qmax", [(4, 7), (8, 63)])
-def test_weight_grid_is_symmetric_per_channel(bits, qmax):
+@pytest.mark.parametrize("bits,full_range,qmax", [(4, False, 7), (8, False, 63), (4, True, 7), (8, True, 127)])
+def test_weight_grid_is_symmetric_per_channel(bits, full_range, qmax):
     w = torch.randn(5, 3, 3, 3)
     w[2] *= 10  # channels with very different ranges get their own scale
-    codes, scale = quantize_weight(w, bits)
+    codes, scale = quantize_weight(w, bits, full_range)
     assert codes.abs().max() == qmax
     assert torch.equal(codes, codes.round())
     for c in range(5):  # each channel's largest weight maps exactly to +-qmax
         assert torch.isclose(scale[c], w[c].abs().max() / qmax)
-    snapped = fake_quant_weight(w, bits)
+    snapped = fake_quant_weight(w, bits, full_range)
     err = (snapped - w).abs().flatten(1).amax(1)
     assert torch.all(err <= scale / 2 + 1e-7)
     assert len(torch.unique(snapped[0])) <= 2 * qmax + 1

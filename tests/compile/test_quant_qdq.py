@@ -11,6 +11,7 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from edge_inspector.config import EngineSettings
+from edge_inspector.engines.cpu_features import has_vnni
 from edge_inspector.engines.ort import load_session
 from edge_inspector.errors import ConfigError
 from edge_inspector.bundle.graph_size import initializer_bytes
@@ -166,6 +167,28 @@ def test_onnxruntime_matches_fake_quant_torch(quantized, small, activations):
         diff = np.abs(out - ref) / step
         assert diff.max() <= 2.0 + 1e-3, diff.max()
         assert np.mean(diff > 1.0 + 1e-3) < 0.01
+
+
+@pytest.mark.skipif(not has_vnni(), reason="full-range 8-bit weights are exact only on a CPU with VNNI (none here)")
+def test_full_range_weights_are_exact_on_a_vnni_cpu(quantized):
+    """Codes -127..127 (what ``targets.weight_range`` picks on a VNNI CPU): ONNX Runtime's integer kernels equal the
+    fake-quant model as with the reduced range (same tolerance as above; seen: identical)."""
+    net, fp32, calib = quantized
+    modules = quant_modules(net).values()
+    for module in modules:
+        module.full_range = True
+    try:
+        with torch.no_grad():
+            ref = net(calib).numpy()
+        model = _qdq(net, fp32)
+        codes = [numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "stem.conv.weight_quantized"]
+        assert np.abs(codes[0]).max() == 127
+        out = np.concatenate([_run(model, calib[i : i + 1].numpy()) for i in range(4)])
+        diff = np.abs(out - ref) / quant_modules(net)["head"].act_scales().output
+        assert diff.max() <= 2.0 + 1e-3 and np.mean(diff > 1.0 + 1e-3) < 0.01
+    finally:
+        for module in modules:
+            module.full_range = False
 
 
 def test_wrong_model_is_refused(quantized):

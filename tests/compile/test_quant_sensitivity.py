@@ -8,15 +8,16 @@ import torch
 
 from edge_inspector.model.haloae import build_model
 from edge_inspector.model.presets import load_preset
-from edge_inspector.data.synthetic import KINDS, make_probe_set, synthetic_defects
+from edge_inspector.data.synthetic import KINDS, probe_from_goods, synthetic_defects
+from edge_inspector.quantization.prober import Prober
 from edge_inspector.quantization.sensitivity import (
-    Prober,
     UnitSignals,
     combine,
     hutchinson_traces,
     measure_signals,
 )
 from edge_inspector.model.batchnorm import fold_batchnorm
+from edge_inspector.quantization.attention_quant import attach_to_blocks
 from edge_inspector.quantization.units import discover_units, set_mode, unused_convs, wrap_units
 from edge_inspector.model.normal_stats import fit_normal_statistics
 from edge_inspector.model.scorer import AnomalyScorer
@@ -42,9 +43,13 @@ def test_synthetic_defects_change_only_masked_pixels():
         assert 0 < mask.mean() < 0.5
         assert np.array_equal(image[~mask], good[~mask])
         assert np.abs(image[mask].astype(int) - good[mask]).mean() > 1
-    probe = make_probe_set(goods, 3, 4)
-    assert len(probe.normal) == 3 and len(probe.defects) == 4 and len(KINDS) == 3
-    assert probe.labels().tolist() == [0, 0, 0, 1, 1, 1, 1] and probe.all_masks()[:3].sum() == 0
+    probe = probe_from_goods(goods[:3], 2, groups=np.array([7, 7, 9]))
+    assert len(probe.normal) == 3 and len(probe.defects) == 6 and len(KINDS) == 3
+    assert probe.labels().tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1] and probe.all_masks()[:3].sum() == 0
+    # every defect is made from one of the goods and belongs to its part
+    assert probe.groups.tolist() == [7, 7, 9, 7, 7, 7, 7, 9, 9]
+    for good, defect, mask in zip(np.repeat(goods[:3], 2, axis=0), probe.defects, probe.masks):
+        assert np.array_equal(defect[~mask], good[~mask])
 
 
 def test_hutchinson_is_exact_on_diagonal_hessians_and_ignores_cross_terms():
@@ -82,10 +87,11 @@ def test_signals_on_a_tiny_haloae():
     units = discover_units(scorer, skip=("model.image_head", "model.classifier", *unused))
     assert not any(u.name.startswith("model.location") for u in units) and len(units) == 25
     wrap_units(scorer, units)
+    attach_to_blocks(scorer, [u.name for u in units if u.kind == "attention"], torch.from_numpy(goods[:1]))
     set_mode(scorer, "calibrate")
     with torch.no_grad():
         scorer(torch.from_numpy(goods[:4]))
-    probe = make_probe_set(goods[4:], 3, 3)
+    probe = probe_from_goods(goods[4:8], 1)
     x = model.normalize(torch.from_numpy(goods[:2]))
 
     def loss():
@@ -112,9 +118,9 @@ def test_signals_on_a_tiny_haloae():
             assert s.hessian_trace is None  # frozen backbone: outside the reconstruction loss
         else:
             assert s.hessian_trace is not None and set(s.hessian) == {"w4a8", "w8a8"}
-        if unit.kind == "attention":
+        if unit.kind == "attention":  # from the probabilities the block computed, with integer QK^T and AV
             assert s.attention_entropy is not None and s.attention_entropy > 0
-            assert "w4a8" in s.attention_entropy_change
+            assert "w4a8" in s.attention_entropy_change and set(s.attention_kl) == {"w4a8", "w8a8"}
     free = [by_name[u.name] for u in units if u.min_bits == 4]
     # 8 bits hurts less than 4 bits for nearly every unit, and some unit carries the largest 4-bit score
     assert np.mean([s.drift["w8a8"] < s.drift["w4a8"] for s in free]) > 0.8
