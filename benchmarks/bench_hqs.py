@@ -13,7 +13,8 @@ tiles of the test split (magnetic_tile photographs each tile six times; ``tile_g
 against fp32 with its interval; file bytes (the graph as stored) and run-time weight bytes (what ONNX Runtime
 holds after loading it, ``engines.memory``). Latency: the first seed's graphs, timed interleaved at every
 ``--latency-threads`` count (one run of every variant per cycle, rotating order), p50 per variant and the ratio to
-fp32 as the median of same-cycle ratios. Writes ``benchmarks/results/hqs_<dataset>_<time>.json`` with the command,
+fp32 as the median of same-cycle ratios; and ONNX Runtime's profiler on fp32 and hqs (time per op type, which
+kernels ran). Writes ``benchmarks/results/hqs_<dataset>_<time>.json`` with the command,
 the machine and the issue's bars checked for ``hqs``.
 """
 
@@ -39,6 +40,7 @@ from edge_inspector.data.folders import holdout_split, load_images, load_test_se
 from edge_inspector.engines.latency import time_graphs  # noqa: E402
 from edge_inspector.engines.memory import runtime_weight_bytes  # noqa: E402
 from edge_inspector.engines.ort import load_session  # noqa: E402
+from edge_inspector.engines.ort_profile import profile_kernels  # noqa: E402
 from edge_inspector.engines.records import new_record, script_command, write_record  # noqa: E402
 from edge_inspector.quantization import bootstrap  # noqa: E402
 from edge_inspector.quantization.adaround import AdaRoundOptions  # noqa: E402
@@ -73,6 +75,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--latency-cycles", type=int, default=200)
     p.add_argument("--threads", type=int, default=2, help="torch and evaluation threads")
     p.add_argument("--latency-threads", type=int, nargs="+", default=[2, 1])
+    p.add_argument("--profile-runs", type=int, default=30,
+                   help="ONNX Runtime profiler runs of fp32 and hqs at the first thread count (0: none)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     return p.parse_args()
 
@@ -181,12 +185,16 @@ def main() -> int:
     for row in rows:
         row.update({k: v.to_dict() for k, v in found[f"{row['variant']}@{row['seed']}"].items()})
     time_variants(rows, timed, test["images"][0], args)
+    profiles = {name: profile_kernels(timed[name], test["images"][0], EngineSettings(
+        intra_op_threads=args.latency_threads[0]), runs=args.profile_runs).to_dict()
+        for name in ("fp32", "hqs") if name in timed and args.profile_runs > 0}
     doc = new_record(script_command(), "torch", "onnxruntime", benchmark="hqs", dataset=str(args.data),
                      n_test=int(len(test["images"])), n_tiles=int(len(set(test["groups"]))),
                      subset=bool(args.max_test), head=head,
                      settings={k: v for k, v in vars(args).items() if k not in ("out",)},
                      intervals="95% bootstrap over whole test tiles; drops paired against fp32 (points)",
-                     results=rows, bars=bars(rows) if "fp32" in timed else {})
+                     results=rows, bars=bars(rows) if "fp32" in timed else {},
+                     kernel_profile_us_per_run=profiles)
     doc["machine"].update(threads=args.threads, latency_threads=args.latency_threads)
     print(write_record(args.out, f"hqs_{category.name}", doc))
     return 0

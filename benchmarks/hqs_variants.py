@@ -109,8 +109,12 @@ class VariantBuilder:
 
         units = prepare(scorer, self.calibration(), self.options)
         apply_target(scorer, units, self.options.target, self.options.weight_range)
-        plan = {u.name: "w8a8" if variant == "w8a8" or u.min_bits > 4 else "w4a8" for u in units}
-        plan = {name: "keep" if u.min_bits > 8 else p for (name, p), u in zip(plan.items(), units)}
+        def precision(unit) -> str:  # pins hold: the stem stays FP32 on ONNX Runtime, first and last 8 bits
+            if unit.min_bits > 8:
+                return "keep"
+            return "w8a8" if variant == "w8a8" or unit.min_bits > 4 else "w4a8"
+
+        plan = {u.name: precision(u) for u in units}
         apply_plan(scorer, units, plan)
         if variant == "w4a8" and self.options.rounding == "adaround":  # the rounding HQS's 4-bit units get
             adaround(scorer, units, plan, self.calibration(), self.options.adaround)

@@ -31,3 +31,11 @@ def has_vnni(flags: set[str] | None = None) -> bool:
             return False
         flags = cpu_flags()
     return any(flag in flags for flag in VNNI_FLAGS)
+
+
+def full_range_exact() -> bool | None:
+    """Whether ONNX Runtime's 8-bit kernels here compute full-range (-127..127) weights exactly: True on x86 with
+    VNNI, False on x86 without (they saturate), None elsewhere (not measured)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    return has_vnni()

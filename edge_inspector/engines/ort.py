@@ -18,6 +18,7 @@ import onnxruntime as ort
 from edge_inspector.bundle.store import Bundle
 from edge_inspector.config import EngineSettings
 from edge_inspector.engines.base import EngineOutput, warmup_image
+from edge_inspector.engines.cpu_features import full_range_exact
 from edge_inspector.engines.ort_rewrites import ort_disabled_optimizers, prepare_for_onnxruntime
 from edge_inspector.errors import BundleError, EngineError
 from edge_inspector.log import kv
@@ -118,6 +119,23 @@ def load_session(
     return LoadedSession(session, rewrites)
 
 
+def _check_weight_range(bundle: Bundle, providers: list[str]) -> None:
+    """Refuse full-range 8-bit weights on an x86 CPU whose integer kernels would saturate them (no VNNI): the line
+    would run a model whose outputs are off by up to tens of quantization steps."""
+    quant = bundle.manifest.quantization
+    if quant.precision != "qdq" or quant.weight_codes <= 63 or providers[0] != "CPUExecutionProvider":
+        return
+    exact = full_range_exact()
+    if exact is False:
+        raise BundleError(
+            f"{bundle.path} was calibrated with 8-bit weight codes up to {quant.weight_codes} "
+            f"({quant.weight_codes_reason or 'no reason recorded'}), which this CPU's ONNX Runtime kernels saturate "
+            "(no VNNI): recalibrate for this line with 'edge-inspector calibrate --weight-range reduced'")
+    if exact is None:
+        log.warning("full-range 8-bit weights on a CPU architecture whose ONNX Runtime kernels were not checked for "
+                    "saturation", extra=kv(model=bundle.manifest.model_id, weight_codes=quant.weight_codes))
+
+
 class OrtEngine:
     """Runs a bundle's graph with ONNX Runtime.
 
@@ -144,6 +162,7 @@ class OrtEngine:
                 "re-export the bundle"
             )
         self.providers = providers or ["CPUExecutionProvider"]
+        _check_weight_range(bundle, self.providers)
         loaded = load_session(graph, self.settings, self.providers, path=bundle.onnx_path)
         self.session, self.load_rewrites = loaded.session, loaded.load_rewrites
         self._check_contract()
