@@ -46,7 +46,7 @@ def child(args: argparse.Namespace) -> None:
 
     setup_logging("WARNING")
     config = load_run_config(None, [
-        f"station={STATION}", f"mqtt.url={args.url}", f"mqtt.spool_dir={args.work}/spool",
+        f"station={STATION}", "model=demo", f"mqtt.url={args.url}", f"mqtt.spool_dir={args.work}/spool",
         f"archive.dir={args.work}/archive", "archive.max_mb=64", "archive.min_free_mb=0",
         f"http.port={args.port}", "engine.intra_op_threads=1",
     ])
@@ -154,7 +154,10 @@ def main() -> int:
                 break  # the child ended between poll and sample
             if len(samples) % max(1, int(60 / args.every)) == 0:
                 print(json.dumps(samples[-1]), flush=True)
-        stats = json.loads(line.stdout.read().strip().splitlines()[-1])
+        output = line.stdout.read().strip().splitlines()
+        if line.wait() != 0 or not output:
+            raise SystemExit(f"the line under test failed (exit {line.returncode}); its error is above")
+        stats = json.loads(output[-1])
         time.sleep(2.0)
         subscriber.close()
         broker.stop()
