@@ -19,7 +19,7 @@ from edge_inspector.bundle.store import Bundle
 from edge_inspector.config import EngineSettings
 from edge_inspector.engines.base import EngineOutput, warmup_image
 from edge_inspector.engines.cpu_features import full_range_exact
-from edge_inspector.engines.ort_rewrites import ort_disabled_optimizers, prepare_for_onnxruntime
+from edge_inspector.engines.ort_rewrites import default_opset, ort_disabled_optimizers, prepare_for_onnxruntime
 from edge_inspector.errors import BundleError, EngineError
 from edge_inspector.log import kv
 
@@ -39,13 +39,6 @@ def _read_graph(path: os.PathLike) -> onnx.ModelProto:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, OSError, ... for a damaged file
         raise BundleError(f"{path} is corrupt: not a readable ONNX model ({exc})") from exc
-
-
-def _graph_opset(model: onnx.ModelProto, path: os.PathLike) -> int:
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            return int(opset.version)
-    raise BundleError(f"{path} declares no default-domain opset")
 
 
 def session_options(settings: EngineSettings) -> ort.SessionOptions:
@@ -155,7 +148,7 @@ class OrtEngine:
         self.settings = settings or EngineSettings()
         manifest = bundle.manifest
         graph = _read_graph(bundle.onnx_path)
-        opset = _graph_opset(graph, bundle.onnx_path)
+        opset = default_opset(graph, bundle.onnx_path)
         if opset != manifest.graph.opset:
             raise BundleError(
                 f"{bundle.onnx_path} uses opset {opset} but the manifest says {manifest.graph.opset}: "

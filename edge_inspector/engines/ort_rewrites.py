@@ -9,7 +9,8 @@ kernels run as integer arithmetic:
   does not take);
 * the remaining blocked weight-only ``DequantizeLinear`` nodes folded into float initializers.
 
-The TensorRT preparation (``engines.trt_prep``) reuses the first and the last: TensorRT's parser needs them too.
+The TensorRT preparation (``engines.trt_prep``) reuses the first and the last (TensorRT's parser needs them too)
+and ``default_opset``.
 A graph may also name ONNX Runtime optimizers to load it without (``METADATA_DISABLED_OPTIMIZERS``).
 """
 
@@ -19,10 +20,20 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_inspector.errors import BundleError
+
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 METADATA_DISABLED_OPTIMIZERS = "edge_inspector.ort_disabled_optimizers"
 """Graph metadata key: ONNX Runtime optimizers to load the graph without (comma-separated; see
 ``export.qdq.ORT_DISABLED_OPTIMIZERS`` for the one graph form that needs it)."""
+
+
+def default_opset(model: onnx.ModelProto, where: object = "the graph") -> int:
+    """The graph's default-domain (``ai.onnx``) opset; ``where`` names it in the error."""
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            return int(opset.version)
+    raise BundleError(f"{where} declares no default-domain opset")
 
 
 def ort_disabled_optimizers(model: onnx.ModelProto) -> list[str]:

@@ -37,7 +37,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_inspector.bundle.store import Bundle
 from edge_inspector.engines import trt_rules
-from edge_inspector.engines.ort_rewrites import QDQ_OPS, fold_blocked_weight_dq, widen_int4_initializers
+from edge_inspector.engines.ort_rewrites import (
+    QDQ_OPS,
+    default_opset,
+    fold_blocked_weight_dq,
+    widen_int4_initializers,
+)
 from edge_inspector.errors import BundleError
 from edge_inspector.log import kv
 
@@ -86,13 +91,6 @@ class PreparationReport:
             "uint8_to_int8": self.uint8_to_int8, "unsigned_to_int8": self.unsigned_to_int8,
             "warnings": self.warnings,
         }
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            return int(opset.version)
-    raise BundleError("the graph declares no default-domain opset")
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
