@@ -227,6 +227,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternations of inference alone and whole loop")
     parser.add_argument("--mqtt", metavar="URL", help="publish to this broker (default: no MQTT)")
     args = parser.parse_args()
+    if args.frames < args.warmup + WINDOW + 1:
+        parser.error(f"--frames must be at least --warmup + {WINDOW + 1} ({args.warmup + WINDOW + 1}): the steady "
+                     f"period is measured over windows of {WINDOW} results after the warm-up")
     if "magnetic_tile" in args.sources and not (Path(args.data) / "test").is_dir():
         parser.error(f"{args.data}/test not found (set --data or --sources demo)")
     for kind in args.sources:
