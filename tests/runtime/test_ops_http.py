@@ -1,6 +1,7 @@
 """The ops HTTP server over real HTTP, beside a real loop on the real ORT engine and the tiny fixture bundle."""
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -199,6 +200,24 @@ def test_port_in_use_is_a_config_error(line):
     loop, server, _ = line()
     with pytest.raises(ConfigError, match="http.port"):
         OpsServer(loop, LatestResult(), port=server.port).start()
+
+
+def test_idle_and_unfinished_connections_hold_no_thread_and_block_nobody(line):
+    """Issue 15 item 4: the former http.server took a thread per connection and kept it while the client sat idle."""
+    loop, server, _ = line()
+    threads_before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(60)]
+    unfinished = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(20)]
+    try:
+        for connection in unfinished:  # a request whose headers never end
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-Slow: ")
+        status, health = get_json(server.url + "/healthz")
+        assert status == 200 and health["alive"] is True
+        assert threading.active_count() <= threads_before + 2  # the test's own urllib call may leave one behind
+    finally:
+        for connection in idle + unfinished:
+            connection.close()
+    assert get_json(server.url + "/readyz")[0] == 200
 
 
 class GatedSource:
