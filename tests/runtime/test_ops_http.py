@@ -213,7 +213,7 @@ def test_idle_and_unfinished_connections_hold_no_thread_and_block_nobody(line):
             connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-Slow: ")
         status, health = get_json(server.url + "/healthz")
         assert status == 200 and health["alive"] is True
-        assert threading.active_count() <= threads_before + 2  # the test's own urllib call may leave one behind
+        assert threading.active_count() <= threads_before + 2  # 80 connections: a thread each would be far above this
     finally:
         for connection in idle + unfinished:
             connection.close()
