@@ -4,7 +4,8 @@ The line allocates frame-sized arrays (hundreds of kilobytes each) on one thread
 inference, publishing, MQTT and the web server each have threads of their own). With glibc's defaults every thread
 may get an arena of its own (up to 8 per core) and large blocks are kept in those arenas once one has been freed;
 the process's resident memory then climbs in steps of a few megabytes for hours (seen in the soak,
-``RELIABILITY.md``). Two settings stop that: at most two arenas, and blocks from 128 KiB up always taken from, and given back to, the kernel directly.
+``RELIABILITY.md``). Two settings stop that: at most two arenas, and blocks from 128 KiB up always taken from,
+and given back to, the kernel directly.
 """
 
 from __future__ import annotations
