@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up edge-inspector in ./.venv on a fresh Debian/Ubuntu machine (or Jetson).
 #   deploy/install.sh          run-time only: the line, ONNX Runtime, MQTT (no torch)
-#   deploy/install.sh dev      + training/calibration (torch CPU build) + test tools + a Mosquitto broker binary
+#   deploy/install.sh dev      + training/calibration (torch CPU build) + test and benchmark tools (the 'dev'
+#                              extra, with the ELPV benchmark data) + a Mosquitto broker binary
 #                              + Debian's chromium for the dashboard's browser test
 # On a Jetson (/etc/nv_tegra_release exists) the venv sees the system's Python packages, so JetPack's own TensorRT
 # (python3-libnvinfer) is used; TensorRT is never installed from PyPI there (PyPI's aarch64 wheels are for ARM

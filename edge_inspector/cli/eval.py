@@ -14,7 +14,7 @@ from edge_inspector.cli.arguments import DEFAULT_POLICY, add_threshold_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model bundle folder, or a training checkpoint (.pt)")
-    parser.add_argument("--data", required=True, help="MVTec-layout category folder with test/ and ground_truth/")
+    parser.add_argument("--data", required=True, help="MVTec-layout category folder with test/ (and ground_truth/ for pixel figures)")
     parser.add_argument("--out", default=None, help="result folder (default: runs/eval/<model>-<category>)")
     parser.add_argument("--engine", choices=["onnxruntime", "torch"], default=None,
                         help="default: onnxruntime for a bundle, torch for a checkpoint")

@@ -7,6 +7,9 @@ Layout of one category folder::
     <cat>/test/<defect>/<stem>.<ext>               defective test images
     <cat>/ground_truth/<defect>/<stem>_mask.png    their pixel masks (any non-zero value = defect)
 
+``ground_truth/`` is optional: a folder without it has image-level labels only (many plant sets, ELPV), and
+evaluation then reports image figures only. With it, every defective test image needs its mask.
+
 Every image goes through ``edge_inspector.preprocess.to_model_input``, the same function the line uses, so training,
 evaluation and the line see identical inputs. Masks follow the same geometry with nearest-neighbour resizing.
 """
@@ -63,6 +66,11 @@ class Category:
     def defect_types(self) -> list[str]:
         return sorted({s.defect for s in self.test if s.is_anomalous})
 
+    @property
+    def has_masks(self) -> bool:
+        """Whether the defective test images have pixel masks (False: image-level labels only, no ground_truth/)."""
+        return all(s.mask_path is not None for s in self.test if s.is_anomalous)
+
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -72,11 +80,13 @@ def scan_category(root: str | Path, require_test: bool = False) -> Category:
     """Scan an MVTec-layout category folder.
 
     Args:
-        root: the category folder (the one holding ``train/``).
+        root: the category folder (the one holding ``train/``); without ``ground_truth/`` the defective test
+            images have no masks (image-level labels only).
         require_test: raise if there is no usable ``test/`` split (evaluation needs one; training does not).
 
     Raises:
-        DataError: the folder is missing or not in the expected layout (the message says what was expected).
+        DataError: the folder is missing or not in the expected layout (the message says what was expected), or
+            ``ground_truth/`` exists but lacks a defective image's mask.
     """
     root = Path(root)
     if not root.is_dir():
@@ -93,11 +103,12 @@ def scan_category(root: str | Path, require_test: bool = False) -> Category:
         raise DataError(f"{train_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     test: list[LabelledImage] = []
     test_dir = root / "test"
+    with_masks = (root / "ground_truth").is_dir()  # absent: image-level labels only
     if test_dir.is_dir():
         for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
             for path in _images_in(defect_dir):
                 mask = None
-                if defect_dir.name != GOOD:
+                if defect_dir.name != GOOD and with_masks:
                     mask = root / "ground_truth" / defect_dir.name / f"{path.stem}_mask.png"
                     if not mask.is_file():
                         raise DataError(f"Mask missing for {path}: expected {mask}")

@@ -60,14 +60,15 @@ def predict_with_torch(scorer: Any, images: np.ndarray, batch_size: int = 8, pro
 def evaluate_predictions(
     predictions: Predictions,
     category: Category,
-    masks: np.ndarray,
+    masks: np.ndarray | None,
     aggregation: str,
     topk_fraction: float,
     image_threshold: float | None,
     pixel_threshold: float | None,
     model_info: dict[str, Any],
 ) -> dict[str, Any]:
-    """Metrics overall and per defect type, plus what produced them, as one JSON-ready dict."""
+    """Metrics overall and per defect type, plus what produced them, as one JSON-ready dict (image figures only
+    when ``masks`` is None: a set with image-level labels)."""
     image_scores = {aggregation: predictions.scores}
     for name in AGGREGATIONS:
         if name != aggregation:

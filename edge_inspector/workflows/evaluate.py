@@ -3,7 +3,8 @@
 A bundle is evaluated through ONNX Runtime: that is the graph that ships, so its numbers are the honest ones. A
 training checkpoint (.pt) runs in torch; its normal statistics and thresholds are rebuilt from the holdout slice of
 ``<data>/train/good`` exactly as ``train`` and ``export`` build them. Writes ``result.json``, ``table.txt`` and a
-few overlay images, and the plant view (``training.eval_report``): images.csv, report.html.
+few overlay images, and the plant view (``training.eval_report``): images.csv, report.html. A folder without
+``ground_truth/`` (image-level labels only) gets image figures only: pixel AUROC and AUPRO need masks.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class EvalResult:
         lines = [result_table(self.report), plant_summary(self.report)]
         written = self.report.get("written_thresholds")
         if written:
-            lines.append(f"thresholds  image {written['image']:.4g} (F1 {written['image_f1']:.3f}), pixel "
-                         f"{written['pixel']:.4g} (F1 {written['pixel_f1']:.3f}) written to {self.report['model']['path']}")
+            pixel = f", pixel {written['pixel']:.4g} (F1 {written['pixel_f1']:.3f})" if "pixel" in written else ""
+            lines.append(f"thresholds  image {written['image']:.4g} (F1 {written['image_f1']:.3f}){pixel} "
+                         f"written to {self.report['model']['path']}")
         return "\n".join([*lines, f"written to  {self.out}"])
 
 
@@ -110,7 +112,7 @@ def evaluate(
 
     Args:
         model: a bundle folder (runs on ONNX Runtime) or a training checkpoint ``.pt`` (runs in torch).
-        data: MVTec-layout category folder with ``test/`` and ``ground_truth/``.
+        data: MVTec-layout category folder with ``test/`` (and ``ground_truth/`` for the pixel figures).
         out: result folder (default ``runs/eval/<model>-<category>``).
         engine: ``onnxruntime`` (a bundle's only engine) or ``torch`` (a checkpoint's); default by ``model``.
         threads: inference threads (0 = every core).
@@ -147,14 +149,15 @@ def evaluate(
     else:
         scored, images, masks = _score_checkpoint(model_path, category, thresholds, threads, progress)
     p = scored.predictions
+    pixel_masks = masks if category.has_masks else None  # image-level labels only: no pixel figures
     with phase("metrics (AUROC, AUPRO overall and per defect type)", progress):
-        result = evaluate_predictions(p, category, masks, scored.aggregation, scored.topk_fraction,
+        result = evaluate_predictions(p, category, pixel_masks, scored.aggregation, scored.topk_fraction,
                                       scored.image_threshold, scored.pixel_threshold, scored.info)
     result["command"] = f"edge-inspector eval --model {model} --data {data}"
     folder = Path(out) if out else Path("runs") / "eval" / f"{scored.info.get('model_id', model_path.stem)}-{category.name}"
     if write_thresholds:
         with phase("F1-optimal thresholds", progress):
-            result["written_thresholds"] = write_f1_thresholds(model_path, category, p, masks)
+            result["written_thresholds"] = write_f1_thresholds(model_path, category, p, pixel_masks)
     result["plant"] = write_plant_report(folder, category, images, p.maps, masks, p.scores, scored.image_threshold,
                                          scored.pixel_threshold, result, result_table(result), progress=progress)
     write_result(folder, result)
@@ -165,14 +168,18 @@ def evaluate(
 
 
 def write_f1_thresholds(bundle_dir: Path, category: Category, predictions: Predictions,
-                        masks: np.ndarray) -> dict[str, float]:
-    """F1-optimal image and pixel thresholds on this labelled set, written into the bundle's manifest."""
+                        masks: np.ndarray | None) -> dict[str, float]:
+    """F1-optimal image and pixel thresholds on this labelled set, written into the bundle's manifest (the image
+    threshold only when ``masks`` is None: image-level labels say nothing about pixels)."""
     labels = np.array([sample.is_anomalous for sample in category.test])
     image_thr, image_f1 = f1_threshold(predictions.scores, labels)
-    pixel_thr, pixel_f1 = f1_threshold(predictions.maps, masks)
     manifest = load_bundle(bundle_dir).manifest.model_copy(deep=True)
     chosen = manifest.thresholds
     chosen.image, chosen.image_method, chosen.target_false_reject_rate = image_thr, "f1", None
-    chosen.pixel, chosen.pixel_method, chosen.target_pixel_false_positive_rate = pixel_thr, "f1", None
+    written = {"image": image_thr, "image_f1": image_f1}
+    if masks is not None:
+        pixel_thr, pixel_f1 = f1_threshold(predictions.maps, masks)
+        chosen.pixel, chosen.pixel_method, chosen.target_pixel_false_positive_rate = pixel_thr, "f1", None
+        written.update(pixel=pixel_thr, pixel_f1=pixel_f1)
     save_manifest(bundle_dir, manifest)
-    return {"image": image_thr, "image_f1": image_f1, "pixel": pixel_thr, "pixel_f1": pixel_f1}
+    return written
