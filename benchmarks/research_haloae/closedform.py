@@ -1,12 +1,14 @@
 """Closed-form per-cell Gaussians on the cached features (no training): how far location statistics alone go at
 finer grids and on other layers, scored on the validation slice like the auto-encoder variants.
 
-    nice -n 10 .venv/bin/python benchmarks/research_haloae/closedform.py
+    nice -n 10 .venv/bin/python benchmarks/research_haloae/closedform.py [NAME ...] [--blur SIGMA ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import itertools
 import json
 import shlex
 import sys
@@ -14,6 +16,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from edge_inspector.model.blur import gaussian_kernel
 from edge_inspector.model.location import LocationGaussian
 
 from explore import LOG, summary_line
@@ -34,11 +37,16 @@ VARIANTS = {
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--blur", type=float, nargs="*", default=[1.0],
+                        help="sigmas (grid cells of the 32x32 map) of the score blur to try")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
     cache = Cache()
     ev = Evaluator(cache, [256, 256], GRID, reduce=2)
-    names = sys.argv[1:] or list(VARIANTS)
-    for name in names:
+    for name, sigma in itertools.product(args.names, args.blur):
+        ev.kernel = gaussian_kernel(sigma)
         layers, side, dims = VARIANTS[name]
         grid = (side, side)
         head = LocationGaussian(sum(STAGE_CHANNELS[n] for n in layers), grid, dims, 0.01, 0.5)
@@ -49,7 +57,9 @@ def main() -> None:
                 g = (cache.train.grid(layers, grid, cache.train_index("holdout")) if part == "holdout"
                      else ev.grid_of(part, layers, grid))
                 maps[part] = F.interpolate(head(g), size=GRID, mode="bilinear", align_corners=False)
-        row = {"config": {"name": f"closedform_{name}", "layers": layers, "grid": side, "dims": dims},
+        suffix = "" if sigma == 1.0 else f"_blur{sigma:g}"
+        row = {"config": {"name": f"closedform_{name}{suffix}", "layers": layers, "grid": side, "dims": dims,
+                          "blur": sigma},
                "variant": "loc", "part": "validation",
                "metrics": ev.evaluate("validation", maps["validation"], maps["holdout"])}
         with open(LOG, "a") as fh:

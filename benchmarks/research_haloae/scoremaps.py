@@ -103,16 +103,16 @@ class Evaluator:
                  weights: tuple[float, ...] = (1.0,)) -> dict[str, dict[str, torch.Tensor]]:
         """Scoring variant name -> part -> (N, 1, gh, gw) map, each normal statistic from the holdout only.
 
-        Maps named 'loc*' are location heads; the others reconstruction measures. Each measure is normalised
+        Maps named in LOCATION_HEADS are location heads; the others reconstruction measures. Each measure is normalised
         'absmean' (the package's |map - mean map|) or 'cell' (per-cell z-score); fused maps add every location head's
         map and the reconstruction map, each z-scored over all holdout cells, the reconstruction weighted by w.
         """
         parts = list(raw)
         normal = raw["holdout"]
-        locs = [m for m in normal if m.startswith("loc")]
+        locs = [m for m in normal if m in LOCATION_HEADS]
         out: dict[str, dict[str, torch.Tensor]] = {loc: {p: raw[p][loc] for p in parts} for loc in locs}
         loc_z = {loc: {p: standardise_global(raw[p][loc], normal[loc]) for p in parts} for loc in locs}
-        for measure in measures or [m for m in normal if not m.startswith("loc")]:
+        for measure in measures or [m for m in normal if m not in LOCATION_HEADS]:
             for norm_name, norm in (("absmean", absmean), ("cell", standardise_cell)):
                 rec = {p: norm(raw[p][measure], normal[measure]) for p in parts}
                 out[f"rec:{measure}:{norm_name}"] = rec
