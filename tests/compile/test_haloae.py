@@ -61,12 +61,12 @@ def test_shapes_on_a_non_square_input(attention):
     model = tiny_lite(f"model.attention={attention}")
     x = model.normalize(torch.randint(0, 256, (3, 128, 64, 3), dtype=torch.uint8))
     out = model(x, n_decode=1)
-    channels = model.feature_channels
-    assert out.features.shape == (3, channels, 16, 8)
-    assert out.reconstruction.shape == (1, channels, 16, 8)
+    channels, (gh, gw) = model.feature_channels, (128 // model.spec.grid_stride, 64 // model.spec.grid_stride)
+    assert out.features.shape == (3, channels, gh, gw)
+    assert out.reconstruction.shape == (1, channels, gh, gw)
     assert out.image_reconstruction.shape == (1, 3, 128, 64)
     assert out.logits.shape == (3, 3)
-    assert model.error_map(x).shape == (3, 1, 16, 8)
+    assert model.error_map(x).shape == (3, 1, gh, gw)
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules())
 
 
@@ -107,7 +107,7 @@ def export_and_run(model: HaloAE, images: torch.Tensor, path) -> tuple[np.ndarra
 def test_exports_with_uint8_input_and_onnx_runtime_matches(tmp_path):
     model = tiny_lite()
     got, want = export_and_run(model, torch.randint(0, 256, (1, 128, 64, 3), dtype=torch.uint8), tmp_path / "lite.onnx")
-    assert got.shape == (1, 1, 16, 8)
+    assert got.shape == (1, 1, 128 // model.spec.grid_stride, 64 // model.spec.grid_stride)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 

@@ -116,8 +116,8 @@ def test_quantized_head_equals_its_integer_onnx_graph(tmp_path):
 
 def test_presets_validate_the_location_head():
     lite = load_preset("haloae-lite")
-    assert lite.score.head == "auto" and lite.model.location.layers == ["stage4", "stage5", "stage6"]
-    assert lite.model.location_grid == (8, 8) and lite.model.backbone_layers[-1] == "stage6"
+    assert lite.score.head == "fused" and lite.model.location.layers == ["stage4", "stage5", "stage6"]
+    assert lite.model.location_grid == (16, 16) and lite.model.backbone_layers[-1] == "stage6"
     assert load_preset("haloae-paper").model.location is None
     with pytest.raises(ConfigError, match="score.head location needs the location head"):
         load_preset("haloae-paper", ["score.head=location"])
@@ -131,7 +131,7 @@ def test_presets_validate_the_location_head():
 def fitted():
     """A tiny untrained HaloAE whose location head is fitted on images with a fixed bright band on top."""
     torch.manual_seed(0)
-    preset = load_preset("haloae-lite", TINY)
+    preset = load_preset("haloae-lite", [*TINY, "score.head=auto"])
     model = build_model(preset.model, pretrained=False).eval()
     rng = np.random.default_rng(2)
     images = rng.integers(40, 80, (24, 64, 64, 3), dtype=np.uint8)
