@@ -12,7 +12,7 @@ from edge_inspector.model.batchnorm import fold_batchnorm
 from edge_inspector.quantization.units import apply_plan, discover_units, quant_modules, set_mode, wrap_units
 from edge_inspector.model.scorer import AnomalyScorer
 
-OVERRIDES = ["model.width=64", "model.height=64", "model.layers=[stage2]", "model.widths=[32,32,16]",
+OVERRIDES = ["model.width=64", "model.height=64", "model.grid_stride=8", "model.layers=[stage2]", "model.widths=[32,32,16]",
              "model.heads=[2,2]", "model.kernels=[3,3]"]
 
 
