@@ -15,7 +15,8 @@ holds after loading it, ``engines.memory``). Latency: the first seed's graphs, t
 ``--latency-threads`` count (one run of every variant per cycle, rotating order), p50 per variant and the ratio to
 fp32 as the median of same-cycle ratios; and ONNX Runtime's profiler on fp32 and hqs (time per op type, which
 kernels ran). Writes ``benchmarks/results/hqs_<dataset>_<time>.json`` with the command,
-the machine and the issue's bars checked for ``hqs``.
+the machine and the issue's bars checked for ``hqs``; the record is rewritten after every seed (``seeds_done``), so a
+run cut short keeps what it finished.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from edge_inspector.engines.latency import time_graphs  # noqa: E402
 from edge_inspector.engines.memory import runtime_weight_bytes  # noqa: E402
 from edge_inspector.engines.ort import load_session  # noqa: E402
 from edge_inspector.engines.ort_profile import profile_kernels  # noqa: E402
-from edge_inspector.engines.records import new_record, script_command, write_record  # noqa: E402
+from edge_inspector.engines.records import new_record, script_command, write_json, write_record  # noqa: E402
 from edge_inspector.quantization import bootstrap  # noqa: E402
 from edge_inspector.quantization.adaround import AdaRoundOptions  # noqa: E402
 from edge_inspector.quantization.calibrate import CalibrateOptions  # noqa: E402
@@ -161,7 +162,8 @@ def main() -> int:
                          else preset.score.head)
     print(f"scoring head {head}; {len(test['images'])} test images in {len(set(test['groups']))} tiles", flush=True)
     wanted = args.variants.split(",")
-    rows, stats, exact, timed = [], {}, {}, {}
+    rows, stats, exact, timed, profiles = [], {}, {}, {}, {}
+    path = None  # one record per run, rewritten after every seed: a run cut short keeps the seeds it finished
     with work_dir() as tmp:
         for seed in args.seeds:
             seed_everything(seed)
@@ -179,25 +181,38 @@ def main() -> int:
                     timed[variant] = built.graph
                 print(json.dumps({"variant": key, **{k: round(100 * v, 2) for k, v in exact[key].items()}}),
                       flush=True)
+            if seed == args.seeds[0]:  # latency and kernel profiles: the first seed's graphs
+                time_variants(rows, timed, test["images"][0], args)
+                profiles = {name: profile_kernels(timed[name], test["images"][0], EngineSettings(
+                    intra_op_threads=args.latency_threads[0]), runs=args.profile_runs).to_dict()
+                    for name in ("fp32", "hqs") if name in timed and args.profile_runs > 0}
+            doc = record(args, category, head, test, rows, stats, exact, timed, profiles,
+                         seeds_done=args.seeds[: args.seeds.index(seed) + 1])
+            if path is None:
+                path = write_record(args.out, f"hqs_{category.name}", doc)
+            else:
+                write_json(path, doc)
+                print(f"updated {path}", flush=True)
+    return 0
+
+
+def record(args: argparse.Namespace, category, head: str, test: dict, rows: list[dict], stats: dict, exact: dict,
+           timed: dict, profiles: dict, seeds_done: list[int]) -> dict:
+    """The run's record so far: every finished row with its bootstrap intervals (drops paired against fp32)."""
     reference = f"fp32@{args.seeds[0]}"
     found = bootstrap.intervals(stats, reference if reference in stats else None, test["groups"], args.draws,
                                 exact=exact)
     for row in rows:
         row.update({k: v.to_dict() for k, v in found[f"{row['variant']}@{row['seed']}"].items()})
-    time_variants(rows, timed, test["images"][0], args)
-    profiles = {name: profile_kernels(timed[name], test["images"][0], EngineSettings(
-        intra_op_threads=args.latency_threads[0]), runs=args.profile_runs).to_dict()
-        for name in ("fp32", "hqs") if name in timed and args.profile_runs > 0}
     doc = new_record(script_command(), "torch", "onnxruntime", benchmark="hqs", dataset=str(args.data),
                      n_test=int(len(test["images"])), n_tiles=int(len(set(test["groups"]))),
                      subset=bool(args.max_test), head=head,
-                     settings={k: v for k, v in vars(args).items() if k not in ("out",)},
+                     settings={k: v for k, v in vars(args).items() if k not in ("out",)}, seeds_done=seeds_done,
                      intervals="95% bootstrap over whole test tiles; drops paired against fp32 (points)",
                      results=rows, bars=bars(rows) if "fp32" in timed else {},
                      kernel_profile_us_per_run=profiles)
     doc["machine"].update(threads=args.threads, latency_threads=args.latency_threads)
-    print(write_record(args.out, f"hqs_{category.name}", doc))
-    return 0
+    return doc
 
 
 def time_variants(rows: list[dict], graphs: dict[str, onnx.ModelProto], image: np.ndarray,
