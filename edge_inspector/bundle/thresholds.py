@@ -7,6 +7,9 @@ Two ways to set a threshold on a raw score:
   the manifest's ``Thresholds`` with them.
 - ``f1_threshold``: the F1-optimal threshold on labelled scores (when defects with labels exist).
 
+``small_holdout_warning`` says when too few good images were held back for the target rate: the quantile is then
+their top score or close to it, and one unusual part sets the threshold for the whole line.
+
 Convention everywhere: ``score >= threshold`` means FAIL / defect.
 """
 
@@ -16,7 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_inspector.bundle.manifest import Thresholds
+from edge_inspector.bundle.manifest import ScoreStats, Thresholds
+
+MIN_GOOD_ABOVE_THRESHOLD = 5
+"""A quantile threshold is trusted when at least this many held-back good images are expected above it (n x rate);
+below that it rests on the top few scores, so one odd part moves it (a high one lets defects pass)."""
 
 # The manifest requires thresholds > 0; anomaly scores are >= 0, so a degenerate all-zero set still gets a usable value.
 _MIN_THRESHOLD = 1e-12
@@ -46,6 +53,30 @@ def quantile_threshold(good_scores: np.ndarray, target_false_reject_rate: float)
     # score >= threshold fails: step just above the chosen good score so it (and ties) still pass.
     threshold = float(np.nextafter(value, np.inf))
     return max(threshold, _MIN_THRESHOLD)
+
+
+def small_holdout_warning(n_good: int, target_false_reject_rate: float) -> str | None:
+    """Why a quantile threshold from ``n_good`` held-back good images is unreliable at this rate, or None when it is
+    not (``MIN_GOOD_ABOVE_THRESHOLD``). For a person: what the threshold rests on and what to do about it."""
+    expected_above = n_good * target_false_reject_rate
+    if target_false_reject_rate <= 0 or expected_above >= MIN_GOOD_ABOVE_THRESHOLD:
+        return None
+    needed = int(np.ceil(MIN_GOOD_ABOVE_THRESHOLD / target_false_reject_rate))
+    rests_on = "the highest score" if expected_above < 1 else "set by the top few scores"
+    return (f"the image threshold is {rests_on} of only {n_good} held-back good images (a "
+            f"{target_false_reject_rate:g} false-reject rate needs about {needed}): one unusual part sets it, and a "
+            "high one lets defects pass. Check it on labelled parts before the line relies on it: 'edge-inspector "
+            "eval' shows what each false-reject rate would catch, 'eval --write-thresholds' sets it on a labelled "
+            "set (not the one you report on); or hold back more good images (train.holdout_fraction)")
+
+
+def manifest_threshold_warning(thresholds: Thresholds, image_stats: ScoreStats | None) -> str | None:
+    """``small_holdout_warning`` for a manifest's image threshold: None unless it is a quantile of the held-back
+    good scores ``image_stats`` describes (F1 and hand-set thresholds do not rest on the holdout)."""
+    rate = thresholds.target_false_reject_rate
+    if thresholds.image_method != "quantile" or rate is None or image_stats is None:
+        return None
+    return small_holdout_warning(image_stats.n, rate)
 
 
 def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -190,6 +190,8 @@ figure{{margin:12px 0}} img{{max-width:100%}} pre{{background:#f6f6f6;padding:8p
 (score &ge; threshold = FAIL). Accuracy {100 * (c['accuracy'] or 0):.1f} %: {c['missed_defects']} of
 {c['n_defective']} defective parts missed, {c['good']['false_rejects']} of {c['good']['n']} good parts rejected.
 Per image: <code>{CSV_NAME}</code>. Command: <code>{html.escape(result.get('command', ''))}</code></p>
+{f'<p class="warning"><b>Threshold warning:</b> {html.escape(result["threshold_warning"])}</p>'
+ if result.get("threshold_warning") else ""}
 <h2>At the model's threshold</h2>{_table(['parts', 'n', 'right', 'wrong'], summary)}
 <h2>Other false-reject targets</h2><p>The threshold each target would set on these good images, and what it would
 miss (set on the evaluated images themselves: what is possible, not what a calibrated line does).</p>

@@ -22,7 +22,7 @@ import torch
 
 from edge_inspector.bundle.graph_size import initializer_bytes
 from edge_inspector.bundle.store import Bundle, read_manifest
-from edge_inspector.bundle.thresholds import ThresholdPolicy
+from edge_inspector.bundle.thresholds import ThresholdPolicy, manifest_threshold_warning
 from edge_inspector.config import EngineSettings
 from edge_inspector.data.folders import holdout_split, load_images, scan_category
 from edge_inspector.data.synthetic import probe_from_goods
@@ -63,10 +63,12 @@ class CalibrateResult:
     def summary(self) -> str:
         """The per-layer table, the whole-model figures and what was written, for a person."""
         m = self.bundle.manifest
+        warning = manifest_threshold_warning(m.thresholds, m.score.image)
         return "\n".join([
             f"model       {self.model}",
             plan_table(self.rows, self.figures),
             f"thresholds  image {m.thresholds.image:.4g}, pixel {m.thresholds.pixel:.4g}: {self.threshold_source}",
+            *([f"warning     {warning}"] if warning else []),
             f"bundle      {self.bundle.path} ({m.model_id}); plan {', '.join(str(p) for p in self.plan_files)}",
         ])
 

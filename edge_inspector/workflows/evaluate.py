@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from edge_inspector.bundle.store import load_bundle, read_manifest, save_manifest
-from edge_inspector.bundle.thresholds import ThresholdPolicy, f1_threshold
+from edge_inspector.bundle.thresholds import (ThresholdPolicy, f1_threshold, manifest_threshold_warning,
+                                              small_holdout_warning)
 from edge_inspector.config import EngineSettings
 from edge_inspector.data.folders import Category, holdout_split, load_images, load_test_set, scan_category
 from edge_inspector.engines.ort import OrtEngine
@@ -44,6 +45,8 @@ class EvalResult:
     def summary(self) -> str:
         """The metrics table, the thresholds written into the bundle (if asked) and where everything went."""
         lines = [result_table(self.report), plant_summary(self.report)]
+        if self.report.get("threshold_warning"):
+            lines.append(f"warning     {self.report['threshold_warning']}")
         written = self.report.get("written_thresholds")
         if written:
             pixel = f", pixel {written['pixel']:.4g} (F1 {written['pixel_f1']:.3f})" if "pixel" in written else ""
@@ -62,6 +65,8 @@ class _Scored:
     image_threshold: float
     pixel_threshold: float
     info: dict[str, Any]
+    threshold_warning: str | None = None
+    """Why the image threshold rests on too few held-back good images (``small_holdout_warning``), or None."""
 
 
 def _score_bundle(path: Path, images: np.ndarray, threads: int, progress: bool) -> _Scored:
@@ -75,7 +80,7 @@ def _score_bundle(path: Path, images: np.ndarray, threads: int, progress: bool) 
     info = {"path": str(path), "model_id": m.model_id, "precision": m.quantization.precision, "head": m.score.head,
             **({"preset": m.training.preset, "attention": m.training.attention} if m.training else {})}
     return _Scored(predictions, m.score.aggregation, m.score.topk_fraction, m.thresholds.image, m.thresholds.pixel,
-                   info)
+                   info, manifest_threshold_warning(m.thresholds, m.score.image))
 
 
 def _score_checkpoint(path: Path, category: Category, thresholds: ThresholdPolicy, threads: int,
@@ -92,7 +97,7 @@ def _score_checkpoint(path: Path, category: Category, thresholds: ThresholdPolic
     predictions = predict_with_torch(scorer, images, progress=progress)
     info = {"path": str(path), "preset": preset.name, "attention": spec.attention, "head": choice.head}
     scored = _Scored(predictions, preset.score.aggregation, preset.score.topk_fraction, chosen.image, chosen.pixel,
-                     info)
+                     info, small_holdout_warning(stats.image.n, thresholds.image_false_reject_rate))
     return scored, images, masks
 
 
@@ -154,6 +159,7 @@ def evaluate(
         result = evaluate_predictions(p, category, pixel_masks, scored.aggregation, scored.topk_fraction,
                                       scored.image_threshold, scored.pixel_threshold, scored.info)
     result["command"] = f"edge-inspector eval --model {model} --data {data}"
+    result["threshold_warning"] = scored.threshold_warning
     folder = Path(out) if out else Path("runs") / "eval" / f"{scored.info.get('model_id', model_path.stem)}-{category.name}"
     if write_thresholds:
         with phase("F1-optimal thresholds", progress):

@@ -8,6 +8,7 @@ without retraining.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch import nn
 
 from edge_inspector.bundle.manifest import InputSizeRecord, TrainingInfo
 from edge_inspector.bundle.store import Bundle
-from edge_inspector.bundle.thresholds import ThresholdPolicy
+from edge_inspector.bundle.thresholds import ThresholdPolicy, manifest_threshold_warning
 from edge_inspector.data.folders import Category, data_fingerprint, holdout_split, load_images, scan_category
 from edge_inspector.export.onnx_export import export_bundle
 from edge_inspector.engines.parity import ParityReport
@@ -26,7 +27,10 @@ from edge_inspector.model.normal_stats import NormalStatistics
 from edge_inspector.model.presets import Preset, with_score_overrides
 from edge_inspector.model.scorer import AnomalyScorer
 from edge_inspector.training.heads import HeadChoice, build_scorer
+from edge_inspector.log import kv
 from edge_inspector.training.trainer import load_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,12 @@ class ExportResult:
     head: HeadChoice
     """The scoring head shipped, with every candidate's probe figures when it was chosen automatically."""
 
+    @property
+    def threshold_warning(self) -> str | None:
+        """Why the image threshold rests on too few held-back good images, or None."""
+        m = self.bundle.manifest
+        return manifest_threshold_warning(m.thresholds, m.score.image)
+
     def summary(self) -> str:
         """What was written, in a few lines for a person."""
         m = self.bundle.manifest
@@ -50,6 +60,7 @@ class ExportResult:
         probe = "; ".join(f"{head} {v['image_auroc']:.3f} / {v['pixel_auroc']:.3f}"
                           for head, v in m.score.head_probe.items())
         chosen = f" (chosen on synthetic defects, image / pixel AUROC: {probe})" if probe else ""
+        warning = self.threshold_warning
         return "\n".join([
             f"bundle      {self.bundle.path}  ({m.model_id}, opset {m.graph.opset}, "
             f"input {m.input.width}x{m.input.height} uint8 RGB, {m.input.resize})",
@@ -58,6 +69,7 @@ class ExportResult:
             f"head        {m.score.head}{chosen}",
             f"thresholds  image {m.thresholds.image:.4g} (target false-reject rate "
             f"{m.thresholds.target_false_reject_rate}), pixel {m.thresholds.pixel:.4g}; score = {m.score.aggregation}",
+            *([f"warning     {warning}"] if warning else []),
             f"parity      ONNX Runtime vs torch on {self.parity.n_images} images: map {self.parity.map_rel_diff:.1e}, "
             f"score {self.parity.max_score_drift:.1e} (relative)",
         ])
@@ -110,7 +122,11 @@ def export_model(
     name = f"{category.name}-{Path(preset.name).stem}"
     bundle = export_bundle(scorer, Path(out), name, spec.resize, stats, stats.thresholds(thresholds), info, holdout,
                            head_probe=choice.probe)
-    return ExportResult(bundle, check_parity(scorer, bundle), stats, scorer, choice)
+    result = ExportResult(bundle, check_parity(scorer, bundle), stats, scorer, choice)
+    if result.threshold_warning:
+        log.warning("image threshold rests on a small holdout",
+                    extra=kv(held_back=stats.image.n, target_false_reject_rate=thresholds.image_false_reject_rate))
+    return result
 
 
 def export(

@@ -115,10 +115,12 @@ def test_train_resume_continues_from_the_checkpoint(trained, dataset, tmp_path, 
 
 
 @pytest.mark.slow
-def test_export_command_rebuilds_the_same_bundle_from_the_checkpoint(trained, dataset, tmp_path):
+def test_export_command_rebuilds_the_same_bundle_from_the_checkpoint(trained, dataset, tmp_path, capsys):
     checkpoint = trained.with_name("bundle.work") / "checkpoints" / "last.pt"
     assert main(["export", "--checkpoint", str(checkpoint), "--data", str(dataset), "--out", str(tmp_path / "b"),
                  "--no-progress"]) == 0
+    # 3 held-back goods cannot set a 1 % false-reject threshold, and the summary says so
+    assert "warning     the image threshold is the highest score of only 3 held-back" in capsys.readouterr().out
     again, original = load_bundle(tmp_path / "b").manifest, load_bundle(trained).manifest
     # Same weights, same seeded holdout -> same normal statistics and thresholds.
     assert again.thresholds.image == pytest.approx(original.thresholds.image, rel=1e-5)
@@ -228,6 +230,9 @@ def test_eval_speaks_plant_language(dataset, stand_in_bundle, tmp_path, capsys):
     assert counts["good"]["false_rejects"] + counts["missed_defects"] == wrong
     assert counts["good"]["n"] == 4 and sum(d["n"] for d in counts["defects"].values()) == 6
     assert f"{counts['missed_defects']} of 6 defects missed" in printed
+    # 3 held-back goods cannot set a 1 % false-reject threshold: said on the console, in result.json and the report
+    assert "warning     the image threshold is the highest score of only 3 held-back good images" in printed
+    assert "highest score of only 3" in json.loads((out / "result.json").read_text())["threshold_warning"]
     targets = [row["target_false_reject_rate"] for row in plant["false_reject_table"]]
     assert targets == sorted(targets) and len(targets) >= 3
     thresholds = [row["threshold"] for row in plant["false_reject_table"]]
@@ -235,3 +240,4 @@ def test_eval_speaks_plant_language(dataset, stand_in_bundle, tmp_path, capsys):
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and "<svg" in report and "Other false-reject targets" in report
     assert "src=\"http" not in report  # self-contained: nothing fetched from elsewhere
+    assert "Threshold warning:" in report

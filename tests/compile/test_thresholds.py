@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_inspector.bundle.thresholds import f1_at, f1_threshold, quantile_threshold
+from edge_inspector.bundle.manifest import Thresholds
+from edge_inspector.bundle.thresholds import (MIN_GOOD_ABOVE_THRESHOLD, f1_at, f1_threshold,
+                                              manifest_threshold_warning, quantile_threshold, small_holdout_warning)
+from edge_inspector.model.normal_stats import score_stats
 
 
 def test_quantile_threshold_meets_the_target_rate():
@@ -23,6 +26,27 @@ def test_quantile_threshold_is_positive_and_checks_input():
         quantile_threshold(np.array([]), 0.1)
     with pytest.raises(ValueError):
         quantile_threshold(np.ones(3), 1.0)
+
+
+def test_a_small_holdout_is_named_where_the_quantile_is_its_top_scores():
+    # 70 held-back goods at 1 %: the 'higher' 0.99 quantile is their maximum, which is what the warning says
+    good = np.arange(70, dtype=np.float64)
+    assert quantile_threshold(good, 0.01) > good.max() - 1
+    warning = small_holdout_warning(70, 0.01)
+    assert "highest score of only 70" in warning and "about 500" in warning and "--write-thresholds" in warning
+    assert "top few" in small_holdout_warning(300, 0.01)  # 3 expected above: still too few
+    assert small_holdout_warning(int(MIN_GOOD_ABOVE_THRESHOLD / 0.01), 0.01) is None  # 5 expected above: trusted
+    assert small_holdout_warning(70, 0.1) is None  # 7 expected above
+    assert small_holdout_warning(70, 0.0) is None  # rate 0 asks for the maximum on purpose
+
+
+def test_only_quantile_thresholds_rest_on_the_holdout():
+    stats = score_stats(np.arange(70, dtype=np.float64))
+    quantile = Thresholds(image=70.0, target_false_reject_rate=0.01, pixel=1.0)
+    assert "of only 70 held-back" in manifest_threshold_warning(quantile, stats)
+    f1 = quantile.model_copy(update={"image_method": "f1"})  # set on labelled parts: not the holdout's business
+    assert manifest_threshold_warning(f1, stats) is None
+    assert manifest_threshold_warning(quantile, None) is None  # no holdout figures recorded
 
 
 def test_f1_threshold_hand_computed():
